@@ -3,3 +3,14 @@
 from .base import AsrEngine, AsrSession, Final, Partial
 
 __all__ = ["AsrEngine", "AsrSession", "Final", "Partial"]
+
+
+def create_engine(settings):
+    """The engine named by ``settings.asr.engine`` (loads and verifies the model)."""
+    if settings.asr.engine == "none":
+        from .null import NullEngine
+
+        return NullEngine()
+    from .whisper import WhisperEngine
+
+    return WhisperEngine(settings.asr, settings.vad, settings.data_dir)

@@ -1,0 +1,175 @@
+"""The embedded ASR engine: faster-whisper (CTranslate2) with VAD endpointing.
+
+Whisper has no incremental API, so a session cuts its leg into utterances
+(``telephony.vad``) and decodes each finished utterance once for its Final.
+Partials re-decode the open utterance at ``partial_interval_ms`` when the
+scheduler has spare capacity (see ``scheduler.py`` for the overload policy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import numpy as np
+
+from ..config import AsrSettings, VadSettings
+from ..vad import RATE, Endpointer, Utterance
+from .base import Final, Partial
+from .models import resolve_model
+from .scheduler import FINAL, PARTIAL, DecodeScheduler
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class WhisperEngine:
+    def __init__(self, asr: AsrSettings, vad: VadSettings, data_dir: Path):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths only
+        from faster_whisper import WhisperModel
+
+        path = resolve_model(asr.model, data_dir)
+        self.model_path = path
+        self._model = WhisperModel(str(path), device="cpu", compute_type=asr.compute_type,
+                                   cpu_threads=asr.cpu_threads, num_workers=asr.workers)
+        self._asr = asr
+        self._vad = vad
+        self.scheduler = DecodeScheduler(asr.workers, asr.max_queue)
+
+    def decode(self, audio: np.ndarray, beam_size: int) -> tuple[str, float | None]:
+        """Text and a 0..1 confidence (mean token probability) for one utterance."""
+        segments, _info = self._model.transcribe(
+            audio, language=self._asr.language, beam_size=beam_size, temperature=0.0,
+            condition_on_previous_text=False, without_timestamps=True, vad_filter=False)
+        texts, logprobs, weights = [], [], []
+        for seg in segments:
+            # Whisper invents text in noise; a segment it thinks is not speech and is unsure of is dropped.
+            if seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0:
+                continue
+            texts.append(seg.text.strip())
+            logprobs.append(seg.avg_logprob)
+            weights.append(max(1, len(seg.tokens)))
+        text = " ".join(t for t in texts if t)
+        if not text:
+            return "", None
+        confidence = math.exp(sum(lp * w for lp, w in zip(logprobs, weights)) / sum(weights))
+        return text, round(min(1.0, confidence), 4)
+
+    def open_session(self, *, start_ms: int = 0, realtime: bool = True) -> "WhisperSession":
+        return WhisperSession(self, start_ms=start_ms, realtime=realtime)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.scheduler.close)
+
+
+class WhisperSession:
+    def __init__(self, engine: WhisperEngine, *, start_ms: int, realtime: bool):
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._start_ms = start_ms
+        self._realtime = realtime
+        self._endpointer = Endpointer(engine._vad)
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._next_seq = 0  # finals are numbered as cut and delivered strictly in that order
+        self._deliver_seq = 0
+        self._ready: dict[int, Final | None] = {}
+        self._partial_interval = engine._asr.partial_interval_ms / 1000 if realtime else 0
+        self._last_partial = 0.0
+        self._partial_inflight = False
+        self._utterance_no = 0  # bumps at each cut: a partial of an older utterance is stale
+        self._finishing = False
+        self._finished = asyncio.Event()
+
+    # -- input -------------------------------------------------------------
+    def feed(self, pcm16k: np.ndarray) -> None:
+        if self._finishing:
+            raise RuntimeError("feed() after finish()")
+        audio = pcm16k.astype(np.float32) / 32768.0 if pcm16k.dtype == np.int16 else pcm16k
+        now = time.monotonic()
+        for u in self._endpointer.feed(audio):
+            self._submit_final(u, now - (self._endpointer.samples_seen - u.end) / RATE)
+        if self._partial_interval and self._endpointer.in_speech:
+            self._maybe_partial(now)
+
+    async def finish(self) -> None:
+        if not self._finishing:
+            self._finishing = True
+            now = time.monotonic()
+            for u in self._endpointer.flush():
+                self._submit_final(u, now)
+            self._check_done()
+        await self._finished.wait()
+
+    async def events(self) -> AsyncIterator[Partial | Final]:
+        while True:
+            ev = await self._events.get()
+            if ev is _END:
+                return
+            yield ev
+
+    # -- decoding ----------------------------------------------------------
+    def _ms(self, sample: int) -> int:
+        return self._start_ms + sample * 1000 // RATE
+
+    def _submit_final(self, u: Utterance, audio_end: float) -> None:
+        seq = self._next_seq
+        self._next_seq += 1
+        self._utterance_no += 1
+        start_ms, end_ms = self._ms(u.start), self._ms(u.end)
+        beam = self._engine._asr.beam_size
+
+        def run(degraded: bool):
+            return self._engine.decode(u.audio, 1 if degraded else beam)
+
+        def done(result, error):
+            text, conf = result if result else ("", None)
+            final = Final(text, start_ms, end_ms, conf, audio_end) if text else None
+            self._loop.call_soon_threadsafe(self._deliver, seq, final)
+
+        self._engine.scheduler.submit(FINAL, audio_end, run, done)
+
+    def _deliver(self, seq: int, final: Final | None) -> None:
+        self._ready[seq] = final
+        while self._deliver_seq in self._ready:
+            f = self._ready.pop(self._deliver_seq)
+            self._deliver_seq += 1
+            if f is not None:
+                self._events.put_nowait(f)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self._finishing and self._deliver_seq == self._next_seq and not self._finished.is_set():
+            self._finished.set()
+            self._events.put_nowait(_END)
+
+    def _maybe_partial(self, now: float) -> None:
+        if self._partial_inflight or now - self._last_partial < self._partial_interval:
+            return
+        opened = self._endpointer.open_audio()
+        if opened is None or len(opened[1]) < RATE // 2 or not self._engine.scheduler.can_take_partial():
+            return
+        start, audio = opened
+        audio = audio.copy()
+        number = self._utterance_no
+        start_ms, end_ms = self._ms(start), self._ms(start + len(audio))
+
+        def run(_degraded: bool):
+            return self._engine.decode(audio, 1)  # partials are drafts: greedy is enough
+
+        def done(result, error):
+            self._loop.call_soon_threadsafe(self._partial_done, number, result, start_ms, end_ms)
+
+        if self._engine.scheduler.submit(PARTIAL, now, run, done, cancelled=lambda: number != self._utterance_no):
+            self._partial_inflight = True
+            self._last_partial = now
+
+    def _partial_done(self, number: int, result, start_ms: int, end_ms: int) -> None:
+        self._partial_inflight = False
+        if result and result[0] and number == self._utterance_no and not self._finished.is_set():
+            self._events.put_nowait(Partial(result[0], start_ms, end_ms))
