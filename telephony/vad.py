@@ -42,6 +42,40 @@ class _WebRtc:
         return 1.0 if self._vad.is_speech(pcm, RATE) else 0.0
 
 
+class _AudioBuffer:
+    """Growable float32 buffer addressed by absolute sample index (amortised O(1) append)."""
+
+    def __init__(self):
+        self._data = np.zeros(RATE, dtype=np.float32)
+        self._len = 0
+        self.base = 0  # absolute index of self._data[0]
+
+    @property
+    def end(self) -> int:
+        return self.base + self._len
+
+    def append(self, audio: np.ndarray) -> None:
+        need = self._len + len(audio)
+        if need > len(self._data):
+            grown = np.zeros(max(need, 2 * len(self._data)), dtype=np.float32)
+            grown[:self._len] = self._data[:self._len]
+            self._data = grown
+        self._data[self._len:need] = audio
+        self._len = need
+
+    def view(self, start: int, end: int) -> np.ndarray:
+        start = max(start, self.base)
+        end = min(end, self.end)
+        return self._data[start - self.base:end - self.base]
+
+    def trim(self, keep_from: int) -> None:
+        drop = keep_from - self.base
+        if drop > RATE:  # move in >1 s steps: fewer copies
+            self._len -= drop
+            self._data[:self._len] = self._data[drop:drop + self._len]
+            self.base = keep_from
+
+
 @dataclass(frozen=True)
 class Utterance:
     start: int  # first sample (leg-relative, 16 kHz)
@@ -63,8 +97,7 @@ class Endpointer:
         self._max_len = int(s.max_utterance_s * RATE)
         self._pre_roll = s.pre_roll_ms * RATE // 1000
         self._pending = np.zeros(0, dtype=np.float32)  # < one window, not yet scored
-        self._history = np.zeros(0, dtype=np.float32)  # audio kept from self._base on
-        self._base = 0  # leg sample index of self._history[0]
+        self._history = _AudioBuffer()  # audio an utterance may still need
         self._scored = 0  # leg samples scored so far
         self._start: int | None = None  # open utterance's first sample
         self._last_speech = 0  # one past the last speech window of the open utterance
@@ -83,11 +116,11 @@ class Endpointer:
         """The open utterance so far (for partial results), or None."""
         if self._start is None:
             return None
-        return self._start, self._history[self._start - self._base: self._scored - self._base]
+        return self._start, self._history.view(self._start, self._scored)
 
     def feed(self, audio: np.ndarray) -> list[Utterance]:
         out: list[Utterance] = []
-        self._history = np.concatenate((self._history, audio))
+        self._history.append(audio)
         data = np.concatenate((self._pending, audio)) if len(self._pending) else audio
         n_windows = len(data) // WINDOW
         for i in range(n_windows):
@@ -111,7 +144,7 @@ class Endpointer:
     def _step(self, p: float, pos: int) -> Utterance | None:
         if self._start is None:
             if p >= self._on:
-                self._start = max(self._base, self._floor, pos - self._pre_roll)
+                self._start = max(self._history.base, self._floor, pos - self._pre_roll)
                 self._last_speech = pos + WINDOW
                 self._speech_samples = WINDOW
             return None
@@ -134,14 +167,10 @@ class Endpointer:
         self._floor = end
         if not enough:
             return None
-        end = min(end, self._base + len(self._history))
-        audio = self._history[start - self._base: end - self._base].copy()
+        end = min(end, self._history.end)
+        audio = self._history.view(start, end).copy()
         return Utterance(start=start, end=end, audio=audio, forced=forced)
 
     def _trim(self) -> None:
         # Keep only what a future utterance can still need: the open one, or the pre-roll.
-        keep_from = self._start if self._start is not None else max(0, self._scored - self._pre_roll)
-        drop = keep_from - self._base
-        if drop > RATE:  # trim in >1 s steps: fewer copies
-            self._history = self._history[drop:]
-            self._base = keep_from
+        self._history.trim(self._start if self._start is not None else max(0, self._scored - self._pre_roll))

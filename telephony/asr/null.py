@@ -24,6 +24,9 @@ class NullSession:
 
 
 class NullEngine:
+    def backlog(self) -> int:
+        return 0
+
     def open_session(self, *, start_ms: int = 0, realtime: bool = True) -> NullSession:
         return NullSession()
 

@@ -61,6 +61,10 @@ class WhisperEngine:
         confidence = math.exp(sum(lp * w for lp, w in zip(logprobs, weights)) / sum(weights))
         return text, round(min(1.0, confidence), 4)
 
+    def backlog(self) -> int:
+        """Finals waiting for a decode worker (batch ingest waits on this instead of flooding the queue)."""
+        return self.scheduler.finals_waiting
+
     def open_session(self, *, start_ms: int = 0, realtime: bool = True) -> "WhisperSession":
         return WhisperSession(self, start_ms=start_ms, realtime=realtime)
 

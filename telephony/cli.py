@@ -1,0 +1,235 @@
+"""The ``telephony`` command line.
+
+Errors a user can fix (bad input, bad config, database unreachable, model
+missing) print one line on stderr and exit non-zero; ``--debug`` shows the
+traceback of anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from .config import ConfigError, load_settings
+
+EXIT_USAGE, EXIT_INPUT, EXIT_FAILURE = 2, 3, 1
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILURE):
+        super().__init__(message)
+        self.code = code
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .asr.models import ModelError
+    from .g711 import CodecError
+    from .ingest import IngestError
+    from .store.database import DatabaseError
+
+    errors = [ConfigError, ModelError, IngestError, DatabaseError, CodecError]
+    try:
+        from .store.queries import CallNotFound
+        errors.append(CallNotFound)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# -- commands ---------------------------------------------------------------
+
+async def cmd_serve(args, settings) -> int:
+    from .service import serve
+
+    await serve(settings)
+    return 0
+
+
+async def cmd_transcribe(args, settings) -> int:
+    from tqdm import tqdm
+
+    from .batch import transcribe_call
+    from .formats import render
+    from .ingest import load_call
+    from .runtime import Runtime
+
+    calls = [load_call(path) for path in args.files]  # every file is checked before work starts
+    total_s = sum(c.duration_ms / 1000 * len(c.legs) for c in calls)
+    show = args.progress if args.progress is not None else (sys.stderr.isatty() and total_s > 30)
+    async with Runtime(settings) as rt:
+        with tqdm(total=round(total_s, 1), unit="s audio", disable=not show, file=sys.stderr, leave=False) as bar:
+            for call in calls:
+                result = await transcribe_call(call, settings, rt.engine, rt.writer, progress=bar.update)
+                rows = [{"speaker": u.speaker, "start_ms": u.start_ms, "end_ms": u.end_ms, "text": u.text,
+                         "confidence": u.confidence} for u in result.utterances()]
+                if args.format == "text" and len(calls) > 1:
+                    print(f"== {call.path} (call {result.record.id})")
+                print(render(rows, args.format, call_id=result.record.id))
+                if args.format == "text":
+                    print(f"-- call {result.record.id}: {len(call.legs)} legs, {len(rows)} utterances", file=sys.stderr)
+    return 0
+
+
+async def cmd_replay(args, settings) -> int:
+    from .replay import replay_file
+
+    await replay_file(args.file, settings, speed=args.speed)
+    return 0
+
+
+async def _query_engine(settings):
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from .store.database import resolve_database_url
+
+    return create_async_engine(await resolve_database_url(settings))
+
+
+async def cmd_calls(args, settings) -> int:
+    from .store.queries import list_calls
+
+    engine = await _query_engine(settings)
+    try:
+        rows = await list_calls(engine, source=args.source, phrase=args.phrase, limit=args.limit,
+                                since=_parse_time(args.since), until=_parse_time(args.until))
+    finally:
+        await engine.dispose()
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    print(f"{'call id':36}  {'started':19}  {'source':7}  {'status':9}  {'legs':>4}  {'utts':>4}  from")
+    for r in rows:
+        print(f"{str(r['id']):36}  {str(r['started_at'])[:19]:19}  {r['source']:7}  {r['status']:9}  "
+              f"{r.get('legs', ''):>4}  {r.get('utterances', ''):>4}  {r.get('from_uri') or r.get('external_id') or ''}")
+    return 0
+
+
+async def cmd_transcript(args, settings) -> int:
+    from .formats import render
+    from .store.queries import transcript
+
+    engine = await _query_engine(settings)
+    try:
+        rows = await transcript(engine, args.call_id)
+    finally:
+        await engine.dispose()
+    print(render(rows, args.format, call_id=args.call_id))
+    return 0
+
+
+async def cmd_db(args, settings) -> int:
+    from .store.database import resolve_database_url, stop_embedded
+    from .store.migrate import current_revision, upgrade_async
+
+    url = await resolve_database_url(settings)
+    try:
+        if args.action == "upgrade":
+            await upgrade_async(url)
+        print(f"database at revision {await asyncio.to_thread(current_revision, url)}")
+    finally:
+        if not settings.database.url:
+            stop_embedded()
+    return 0
+
+
+async def cmd_bench(args, settings) -> int:
+    from .bench import run_bench
+
+    await run_bench(settings, args)
+    return 0
+
+
+def _parse_time(value):
+    if not value:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(f"bad time {value!r}: use ISO 8601, e.g. 2026-11-23 or 2026-11-23T14:00", EXIT_USAGE) from None
+
+
+# -- parser -----------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="telephony", description="Telephony call transcription service.")
+    p.add_argument("--config", help="TOML settings file (default: $TELEPHONY_CONFIG, else built-in defaults)")
+    p.add_argument("--debug", action="store_true", help="debug logging and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the service (HTTP, SIP, WebRTC)").set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("transcribe", help="transcribe WAV, raw ulaw/alaw, or pcap/pcapng files as fast as possible")
+    t.add_argument("files", nargs="+", metavar="FILE")
+    t.add_argument("--format", choices=["text", "json", "vtt"], default="text")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal, for long work)")
+    t.set_defaults(func=cmd_transcribe)
+
+    r = sub.add_parser("replay", help="stream a file through the real-time pipeline as a live call")
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--speed", type=float, default=1.0, help=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_replay)
+
+    c = sub.add_parser("calls", help="list stored calls")
+    c.add_argument("--source", choices=["sip", "siprec", "webrtc", "file"])
+    c.add_argument("--phrase", help="only calls whose transcript matches (full-text search)")
+    c.add_argument("--since")
+    c.add_argument("--until")
+    c.add_argument("--limit", type=int, default=50)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_calls)
+
+    tr = sub.add_parser("transcript", help="print one call's transcript")
+    tr.add_argument("call_id")
+    tr.add_argument("--format", choices=["text", "json", "vtt"], default="text")
+    tr.set_defaults(func=cmd_transcript)
+
+    d = sub.add_parser("db", help="database schema")
+    d.add_argument("action", choices=["upgrade", "current"])
+    d.set_defaults(func=cmd_db)
+
+    b = sub.add_parser("bench", help="measure pipeline cost, ASR speed, WER and final latency; prints a table, writes JSON")
+    b.add_argument("--legs", type=int, default=10, help="concurrent real-time legs for the latency run")
+    b.add_argument("--duration", type=float, default=60.0, help="seconds of audio per leg in the latency run")
+    b.add_argument("--prompts", type=int, default=60, help="Asterisk prompts in the WER run")
+    b.add_argument("--only", action="append", choices=["pipeline", "asr", "wer", "latency"], help="run only these parts")
+    b.add_argument("--out", default="bench.json")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config)
+        if args.debug:
+            settings.service.log_level = "DEBUG"
+        logging.getLogger().setLevel(settings.service.log_level.upper() if not args.debug else "DEBUG")
+        if args.command != "serve":
+            logging.getLogger().setLevel(logging.WARNING if not args.debug else logging.DEBUG)
+        return asyncio.run(args.func(args, settings))
+    except CliError as exc:
+        print(f"telephony: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("telephony: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"telephony: error: {exc}", file=sys.stderr)
+            return EXIT_INPUT if type(exc).__name__ in ("IngestError", "CodecError") else EXIT_FAILURE
+        if args.debug:
+            raise
+        print(f"telephony: error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""One leg's media path, synchronous and allocation-light (the hot path):
+
+    RTP datagram → parse → jitter buffer → (one 20 ms frame per tick) → G.711 decode → 16 kHz
+
+``MediaLeg`` knows nothing about time sources: live legs tick it from the
+wall clock (``calls.py``), file ingest ticks it from capture timestamps
+(``batch.py``), so both produce the same timeline for the same packets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import MediaSettings
+from .g711 import SILENCE, decoder
+from .jitter import JitterBuffer
+from .resample import Resampler
+from .rtp import PAYLOAD_TYPES, RtpError, parse_rtp
+
+FRAME_S = 0.02
+
+
+class MediaLeg:
+    def __init__(self, codec: str = "PCMU", media: MediaSettings | None = None):
+        m = media or MediaSettings()
+        self.codec = codec
+        self._decode = decoder(codec)
+        self._pt = next(pt for pt, (name, _rate) in PAYLOAD_TYPES.items() if name == codec)
+        self.jitter = JitterBuffer(clock_rate=8000, frame_ms=m.frame_ms, window_ms=m.jitter_window_ms,
+                                   max_jitter_ms=m.max_jitter_ms, bytes_per_sample=1, silence=SILENCE[codec])
+        self._resampler = Resampler(8000, 16000)
+        self.frames = 0  # ticks so far: the leg's duration is frames × 20 ms
+        self.other_payload = 0  # datagrams of another payload type (DTMF events, comfort noise): not audio
+
+    def push_rtp(self, datagram: bytes, arrival: float) -> None:
+        """Never raises: malformed datagrams are counted and dropped."""
+        try:
+            packet = parse_rtp(datagram)
+        except RtpError:
+            self.jitter.count_malformed()
+            return
+        if packet.payload_type != self._pt:
+            self.other_payload += 1
+            return
+        self.jitter.push(packet, arrival)
+
+    def tick(self, now: float) -> np.ndarray:
+        """The next 20 ms of the leg as 16 kHz float32 (320 samples)."""
+        self.frames += 1
+        return self._resampler.process(self._decode(self.jitter.pop(now)))
+
+    def drain(self) -> np.ndarray:
+        """At leg end: what is still buffered, plus the resampler's tail."""
+        frames = self.jitter.drain()
+        self.frames += len(frames)
+        pcm = self._decode(b"".join(frames)) if frames else b""
+        return self._resampler.process(pcm, last=True)
+
+    @property
+    def duration_ms(self) -> int:
+        return self.frames * 20
+
+    def stats(self) -> dict:
+        d = self.jitter.stats.as_dict()
+        d["other_payload"] = self.other_payload
+        return d

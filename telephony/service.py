@@ -1,0 +1,99 @@
+"""``telephony serve``: the long-running service.
+
+HTTP (health and readiness now; the WebRTC signalling and transcripts API
+plug in here), the SIP endpoint, and the call manager they feed.  SIGINT or
+SIGTERM: stop taking calls, finish every open ASR session, store every final,
+then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import web
+
+from .calls import CallManager
+from .captions import CaptionBus
+from .config import Settings
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def build_app(rt: Runtime, manager: CallManager, started: float) -> web.Application:
+    app = web.Application(client_max_size=1 << 20)
+
+    def status() -> dict:
+        w = rt.writer
+        return {
+            "status": "ok",
+            "accepting_calls": manager.accepting,
+            "active_calls": manager.active_calls,
+            "database": "up" if w.db_up else "down",
+            "journal_pending": w.pending,
+            "asr_backlog": rt.engine.backlog() if rt.engine is not None else 0,
+            "uptime_s": round(time.monotonic() - started, 1),
+        }
+
+    async def health(_request: web.Request) -> web.Response:
+        # Alive: answers as long as the process and its loop run. Database trouble shows in the body.
+        return web.json_response(status())
+
+    async def ready(_request: web.Request) -> web.Response:
+        body = status()
+        ok = body["accepting_calls"] and body["database"] == "up"
+        return web.json_response(body, status=200 if ok else 503)
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app["runtime"] = rt
+    app["manager"] = manager
+    return app
+
+
+async def serve(settings: Settings, *, ready_event: asyncio.Event | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    async with Runtime(settings) as rt:
+        bus = CaptionBus()
+        manager = CallManager(settings, rt.engine, rt.writer, bus)
+        app = build_app(rt, manager, started)
+        app["bus"] = bus
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.service.http_host, settings.service.http_port)
+        await site.start()
+        endpoints = await _start_endpoints(settings, manager, app, loop)
+        log.info("serving HTTP on http://%s:%d", settings.service.http_host, settings.service.http_port)
+        print(f"telephony: serving on http://{settings.service.http_host}:{settings.service.http_port} "
+              f"(data in {settings.data_dir})", flush=True)
+        if ready_event is not None:
+            ready_event.set()
+        await stop.wait()
+        log.info("stopping: no new calls; finishing %d open calls", manager.active_calls)
+        manager.accepting = False
+        for ep in endpoints:
+            await ep.stop()
+        await manager.shutdown()
+        await runner.cleanup()
+    print("telephony: stopped", flush=True)
+
+
+async def _start_endpoints(settings: Settings, manager: CallManager, app: web.Application, loop) -> list:
+    """Protocol endpoints that are present in this build (SIP, WebRTC)."""
+    endpoints = []
+    try:
+        from .sip.endpoint import SipEndpoint
+    except ImportError:
+        SipEndpoint = None
+    if SipEndpoint is not None and getattr(settings, "sip", None) is not None and settings.sip.enabled:
+        ep = SipEndpoint(settings, manager, loop)
+        await ep.start()
+        endpoints.append(ep)
+    return endpoints
