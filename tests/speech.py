@@ -1,0 +1,47 @@
+"""Real speech for tests: Debian's Asterisk prompts (8 kHz recordings of a human voice)."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from telephony.accuracy import SOUNDS, asterisk_prompts
+from telephony.g711 import decoder, encode
+from telephony.resample import Resampler
+
+
+def prompt_8k(name: str) -> np.ndarray:
+    with wave.open(str(SOUNDS / f"{name}.wav")) as w:
+        assert w.getframerate() == 8000 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+
+
+def telephone(pcm8k: np.ndarray) -> np.ndarray:
+    """What survives a G.711 μ-law call leg."""
+    return np.frombuffer(decoder("PCMU")(encode(pcm8k.astype("<i2").tobytes(), "PCMU")), dtype="<i2").copy()
+
+
+def to_16k(pcm8k: np.ndarray) -> np.ndarray:
+    return Resampler(8000).process(pcm8k, last=True)
+
+
+def silence(seconds: float, rate: int = 8000) -> np.ndarray:
+    return np.zeros(int(rate * seconds), dtype=np.int16)
+
+
+def prompt_text(name: str) -> str:
+    for path, text in asterisk_prompts(limit=10_000, min_words=1):
+        if path.stem == name:
+            return text
+    raise KeyError(name)
+
+
+def write_wav(path: Path, pcm: np.ndarray, rate: int = 8000, channels: int = 1) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.astype("<i2").tobytes())
+    return path
