@@ -52,9 +52,11 @@ def _rtp_audio(leg: RtpLegInput, settings: Settings, duration_s: float):
         while i < len(packets) and packets[i][0] < now:
             media.push_rtp(packets[i][1], packets[i][0])
             i += 1
-        block.append(media.tick(now))
+        audio = media.tick(now)
+        if audio is not None:
+            block.append(audio)
         tick += 1
-        if len(block) * FRAME_S >= FEED_S:
+        if len(block) and sum(map(len, block)) >= FEED_S * 16000:
             yield np.concatenate(block), media
             block = []
     block.append(media.drain())

@@ -107,7 +107,7 @@ class LiveLeg:
         due = int((now - self.t0) / FRAME_S)
         while self.media.frames < due:
             audio = self.media.tick(now)
-            if self._pacer is not None:
+            if audio is not None and self._pacer is not None:
                 self._pacer.push(audio)
 
     async def _feed_asr(self) -> None:

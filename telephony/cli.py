@@ -67,7 +67,7 @@ async def cmd_transcribe(args, settings) -> int:
                          "confidence": u.confidence} for u in result.utterances()]
                 if args.format == "text" and len(calls) > 1:
                     print(f"== {call.path} (call {result.record.id})")
-                print(render(rows, args.format, call_id=result.record.id))
+                print(render(rows, args.format, call={"id": result.record.id, "source": "file", "external_id": call.path}))
                 if args.format == "text":
                     print(f"-- call {result.record.id}: {len(call.legs)} legs, {len(rows)} utterances", file=sys.stderr)
     return 0
@@ -116,7 +116,7 @@ async def cmd_transcript(args, settings) -> int:
         rows = await transcript(engine, args.call_id)
     finally:
         await engine.dispose()
-    print(render(rows, args.format, call_id=args.call_id))
+    print(render(rows, args.format, call={"id": args.call_id}))
     return 0
 
 

@@ -21,8 +21,13 @@ FRAME_S = 0.02
 
 
 class MediaLeg:
+    """``block_ms``: audio is resampled in blocks this long (the pacer's chunk), because
+    soxr's per-call cost dominates at 20 ms; 100 ms blocks cost a fifth per sample."""
+
     def __init__(self, codec: str = "PCMU", media: MediaSettings | None = None):
         m = media or MediaSettings()
+        self._block = max(1, m.pacer_chunk_ms // m.frame_ms)
+        self._pcm: list[bytes] = []
         self.codec = codec
         self._decode = decoder(codec)
         self._pt = next(pt for pt, (name, _rate) in PAYLOAD_TYPES.items() if name == codec)
@@ -40,20 +45,27 @@ class MediaLeg:
             self.jitter.count_malformed()
             return
         if packet.payload_type != self._pt:
+            # DTMF events / comfort noise: not audio, but their sequence numbers are not losses.
             self.other_payload += 1
-            return
+            packet.payload = b""
         self.jitter.push(packet, arrival)
 
-    def tick(self, now: float) -> np.ndarray:
-        """The next 20 ms of the leg as 16 kHz float32 (320 samples)."""
+    def tick(self, now: float) -> np.ndarray | None:
+        """Advance 20 ms. Returns the next block of 16 kHz float32 audio once a block is complete, else None."""
         self.frames += 1
-        return self._resampler.process(self._decode(self.jitter.pop(now)))
+        self._pcm.append(self.jitter.pop(now))
+        if len(self._pcm) < self._block:
+            return None
+        pcm = self._decode(b"".join(self._pcm))
+        self._pcm.clear()
+        return self._resampler.process(pcm)
 
     def drain(self) -> np.ndarray:
-        """At leg end: what is still buffered, plus the resampler's tail."""
+        """At leg end: the partial block, what the jitter buffer still holds, and the resampler's tail."""
         frames = self.jitter.drain()
         self.frames += len(frames)
-        pcm = self._decode(b"".join(frames)) if frames else b""
+        pcm = self._decode(b"".join(self._pcm + frames))
+        self._pcm.clear()
         return self._resampler.process(pcm, last=True)
 
     @property

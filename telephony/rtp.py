@@ -18,7 +18,7 @@ class RtpError(ValueError):
     """The datagram is not a well-formed RTP packet."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen construction costs ~2 µs per packet on the hot path
 class RtpPacket:
     payload_type: int
     sequence: int
@@ -36,6 +36,9 @@ def parse_rtp(data: bytes) -> RtpPacket:
     if n < 12:
         raise RtpError(f"RTP packet too short: {n} bytes")
     b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
+    if b0 == 0x80 and not 72 <= b1 & 0x7F <= 76:
+        # Fast path: what nearly every telephony packet looks like (no padding, extension or CSRCs).
+        return RtpPacket(b1 & 0x7F, seq, ts, ssrc, bytes(data[12:]), bool(b1 & 0x80))
     version = b0 >> 6
     if version != 2:
         raise RtpError(f"RTP version {version}, expected 2")
