@@ -1,0 +1,636 @@
+"""File ingest: real captures and real prompts in, call descriptions out.
+
+Test data: /work/shared/testdata (see its README.md: pcaps/ are Wireshark wiki
+and SIPp captures, sip_invites/ real INVITEs) and the Debian Asterisk prompts
+in /usr/share/asterisk/sounds/en (8 kHz 16-bit mono).  Variants (other link
+types, IPv6, pcapng, truncation, other WAV encodings) are rebuilt from those
+real files into tmp_path, so the payloads stay real.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import socket
+import struct
+import subprocess
+import warnings
+import wave
+from pathlib import Path
+
+import dpkt
+import numpy as np
+import pytest
+
+from telephony.ingest import (
+    CallInput,
+    IngestError,
+    PcmLegInput,
+    RtpLegInput,
+    _parse_sip,
+    _party_name,
+    load_call,
+)
+from telephony.rtp import build_rtp, parse_rtp
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+PCAPS = TESTDATA / "pcaps"
+SOUNDS = Path("/usr/share/asterisk/sounds/en")
+
+needs_testdata = pytest.mark.skipif(not PCAPS.is_dir(), reason=f"shared test data not found at {TESTDATA}")
+needs_sounds = pytest.mark.skipif(not (SOUNDS / "agent-pass.wav").is_file(), reason="asterisk-core-sounds-en-wav not installed")
+
+
+@functools.lru_cache(maxsize=None)
+def loaded(name: str) -> CallInput:
+    return load_call(PCAPS / name)
+
+
+def prompt(name: str) -> np.ndarray:
+    with wave.open(str(SOUNDS / f"{name}.wav")) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1)
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+
+
+def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    ref = ref.astype(np.float64)
+    noise = ref - got.astype(np.float64)
+    return 10 * np.log10(np.sum(ref**2) / max(np.sum(noise**2), 1e-9))
+
+
+# --------------------------------------------------------------------------- real captures
+
+# Legs worked out from the README's payload counts and the SIP in each capture:
+# (label, codec, packets in the leg, payload-type counts).
+REAL = {
+    "sipp_pcap_g711a.pcap": dict(
+        legs=[("ssrc 0xdee0ee8f", "PCMA", 236, {"PCMA": 236})], call_id=None, readme_total=236,
+    ),
+    # Every packet passes a media relay on the capture host (200.57.7.196), so each
+    # stream is captured twice: 2 x 548 + 2 x 891 + a 6-packet stray = 2884.
+    "wireshark_SIP_CALL_RTP_G711.pcap": dict(
+        legs=[("francisco@bestel.com", "PCMA", 548, {"PCMA": 548}), ("caller", "PCMA", 891, {"PCMA": 891})],
+        call_id="12013223@200.57.7.195", readme_total=2884,
+    ),
+    "wireshark_SIP_DTMF2.pcap": dict(
+        legs=[("2502", "PCMA", 665, {"PCMA": 665}), ("2504", "PCMA", 666, {"PCMA": 631, "dyn96": 35})],
+        call_id="25672@192.168.105.110", readme_total=1331,
+    ),
+    "wireshark_rtp_conversacion.pcap": dict(
+        legs=[("101", "PCMU", 1159, {"PCMU": 1159}), ("Gonzalo", "PCMU", 1151, {"PCMU": 1151})],
+        call_id="N2E5MDkwN2RjYzAwZTA1OTc0YTI3N2QzMjU5ZmYzNTI.", readme_total=2310,
+    ),
+    # Two SIPp calls back to back, each with one direction of audio from the same callee "test".
+    "wireshark_sip-rtp-g711.pcap": dict(
+        legs=[("test", "PCMU", 425, {"PCMU": 425}), ("test #2", "PCMA", 414, {"PCMA": 414})],
+        call_id="1-1966@10.0.2.20", readme_total=839,
+    ),
+}
+
+
+@needs_testdata
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_capture_legs_codecs_labels(name):
+    want = REAL[name]
+    call = loaded(name)
+    assert call.kind == "pcap" and call.path.endswith(name)
+    got = [(leg.label, leg.codec, len(leg.packets), leg.meta["payload_types"]) for leg in call.legs]
+    assert got == want["legs"]
+    assert all(isinstance(leg, RtpLegInput) for leg in call.legs)
+    assert call.meta.get("call_id") == want["call_id"]
+    # Every RTP packet the README counts is a leg packet, a relayed copy, or an ignored stray.
+    copies = sum(len(leg.packets) * len(leg.meta.get("relayed_copies", [])) for leg in call.legs)
+    strays = sum(int(s.rsplit(": ", 1)[1].split()[0]) for s in call.meta.get("ignored_streams", []))
+    assert sum(len(leg.packets) for leg in call.legs) + copies + strays == want["readme_total"]
+    assert "warnings" not in call.meta
+
+
+@needs_testdata
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_capture_durations_match_rtp_clock(name):
+    call = loaded(name)
+    for leg in call.legs:
+        audio = [parse_rtp(data) for _, data in leg.packets]
+        audio = [p for p in audio if p.payload_type in (0, 8)]
+        # Arrival-time span against the sender's RTP clock (8 kHz): two independent measures.
+        ptime_ms = len(audio[-1].payload) / 8
+        clock_ms = ((audio[-1].timestamp - audio[0].timestamp) & 0xFFFFFFFF) / 8 + ptime_ms
+        assert leg.meta["duration_ms"] == pytest.approx(clock_ms, rel=0.03)
+        assert leg.meta["duration_ms"] >= len(audio) * ptime_ms * 0.97  # no fewer ms than packets carry
+        assert leg.packets[0][0] == pytest.approx(leg.meta["start_ms"] / 1000, abs=0.001)
+    assert min(leg.packets[0][0] for leg in call.legs) == 0.0
+    ends = [leg.meta["start_ms"] + leg.meta["duration_ms"] for leg in call.legs]
+    assert call.duration_ms == pytest.approx(max(ends), abs=1)
+
+
+@needs_testdata
+def test_sip_call_relayed_copies_make_one_leg_per_speaker():
+    call = loaded("wireshark_SIP_CALL_RTP_G711.pcap")
+    francisco, caller = call.legs
+    # The copy kept is the one captured first (the sender's side of the relay).
+    assert francisco.meta["src"] == "200.57.7.204:8000"
+    assert francisco.meta["relayed_copies"] == ["200.57.7.196:40378 -> 200.57.7.199:4800"]
+    assert caller.meta["src"] == "200.57.7.199:4800"
+    assert (francisco.meta["role"], caller.meta["role"]) == ("callee", "caller")
+    assert call.meta["ignored_streams"] == ["ssrc 0x00002e3d 200.57.7.202:30000 -> 200.57.7.196:40362: 6 packets (stray)"]
+    # 26.4 s of call although the caller's phone suppresses silence (891 packets = 17.8 s of audio).
+    assert 26_000 < call.duration_ms < 27_000
+    assert [c["caller"] for c in call.meta["sip_calls"]] == ["caller", "Ivan Alizade"]
+
+
+@needs_testdata
+def test_dtmf_events_stay_in_the_leg_but_codec_comes_from_audio():
+    leg = loaded("wireshark_SIP_DTMF2.pcap").legs[1]
+    pts = [parse_rtp(d).payload_type for _, d in leg.packets]
+    assert leg.codec == "PCMA" and pts.count(96) == 35 and pts.count(8) == 631
+    # Late offer: the caller's SDP is in the ACK, the callee's in the 200 OK.
+    assert leg.meta["role"] == "callee" and leg.meta["label_source"] == "sdp-peer"
+
+
+@needs_testdata
+def test_packets_are_the_captured_datagrams_at_capture_times():
+    call = loaded("wireshark_rtp_conversacion.pcap")
+    frames = [f for f in udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap") if f[2] == 35112]
+    rtp = [f for f in frames if f[5][:1] == b"\x80"]
+    gonzalo = call.legs[1]
+    assert [d for _, d in gonzalo.packets] == [f[5] for f in rtp]
+    t0 = rtp[0][0] - gonzalo.packets[0][0]
+    assert all(abs((ts - t0) - t) < 1e-6 for (t, _), (ts, *_rest) in zip(gonzalo.packets, rtp))
+    assert gonzalo.meta["src"] == "192.168.1.64:35112" and gonzalo.meta["dst"] == "192.168.1.78:14970"
+
+
+# --------------------------------------------------------------------------- capture variants
+
+
+def udp_frames(path: Path):
+    """(ts, src ip, sport, dst ip, dport, payload) of each UDP/IPv4 frame, read with dpkt's own layers."""
+    out = []
+    with open(path, "rb") as f:
+        for ts, buf in dpkt.pcap.Reader(f):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
+                u = ip.data
+                out.append((ts, socket.inet_ntoa(ip.src), u.sport, socket.inet_ntoa(ip.dst), u.dport, bytes(u.data)))
+    return out
+
+
+def ipv4_udp(src, sport, dst, dport, payload):
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst)) + udp
+
+
+def ipv6_udp(src, sport, dst, dport, payload):
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return struct.pack("!IHBB16s16s", 0x6000_0000, len(udp), 17, 64, socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + udp
+
+
+def write_capture(path: Path, frames, linktype=1, pcapng=False, nano=False, encap=None):
+    with open(path, "wb") as f:
+        w = dpkt.pcapng.Writer(f, linktype=linktype) if pcapng else dpkt.pcap.Writer(f, linktype=linktype, nano=nano)
+        for ts, *rest in frames:
+            w.writepkt(encap(*rest), ts=ts)
+    return path
+
+
+def eth(src, sport, dst, dport, payload):
+    return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + ipv4_udp(src, sport, dst, dport, payload)
+
+
+def sll(src, sport, dst, dport, payload):
+    return struct.pack("!HHH8sH", 0, 1, 6, b"\x02\x00\x00\x00\x00\x01\x00\x00", 0x0800) + ipv4_udp(src, sport, dst, dport, payload)
+
+
+def vlan_eth(src, sport, dst, dport, payload):
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x81\x00\x00\x64\x08\x00" + ipv4_udp(src, sport, dst, dport, payload)
+
+
+def labels(call):
+    return [(leg.label, leg.codec, len(leg.packets)) for leg in call.legs]
+
+
+CONVERSACION = [("101", "PCMU", 1159), ("Gonzalo", "PCMU", 1151)]
+
+
+@needs_testdata
+@pytest.mark.parametrize(
+    "linktype,pcapng,nano,encap",
+    [(1, True, False, eth), (113, False, True, sll), (101, False, False, ipv4_udp), (1, False, False, vlan_eth)],
+    ids=["pcapng-ethernet", "pcap-sll-nanosecond", "pcap-raw-ip", "pcap-vlan"],
+)
+def test_link_types_and_formats(tmp_path, linktype, pcapng, nano, encap):
+    frames = udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap")
+    path = write_capture(tmp_path / "c.bin", frames, linktype, pcapng, nano, encap)  # no telling extension
+    call = load_call(path)
+    assert labels(call) == CONVERSACION
+    assert call.meta["capture"]["format"] == ("pcapng" if pcapng else "pcap")
+    assert call.duration_ms == pytest.approx(loaded("wireshark_rtp_conversacion.pcap").duration_ms, abs=1)
+
+
+@needs_testdata
+def test_ipv6_capture_with_ip6_sdp(tmp_path):
+    v6 = {"192.168.1.64": "2001:db8::64", "192.168.1.78": "2001:db8::78"}
+    frames = []
+    for ts, s, sp, d, dp, payload in udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap"):
+        for a, b in v6.items():  # the SDP follows the addresses, as a dual-stack PBX would write it
+            payload = payload.replace(f"IN IP4 {a}".encode(), f"IN IP6 {b}".encode())
+        frames.append((ts, v6.get(s, "2001:db8::1"), sp, v6.get(d, "2001:db8::2"), dp, payload))
+    call = load_call(write_capture(tmp_path / "v6.pcap", frames, 229, encap=ipv6_udp))
+    assert labels(call) == CONVERSACION
+    assert call.legs[1].meta["src"] == "[2001:db8::64]:35112"
+
+
+@needs_testdata
+def test_rfc4475_torture_messages_do_not_break_capture_reading(tmp_path):
+    frames = udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap")
+    torture = [p.read_bytes() for p in sorted((TESTDATA / "rfc4475").glob("*.dat"))]
+    assert len(torture) == 50
+    t = frames[0][0]
+    extra = [(t + i * 1e-3, "10.9.9.9", 5060, "10.9.9.8", 5060, m) for i, m in enumerate(torture)]
+    call = load_call(write_capture(tmp_path / "t.pcap", sorted(extra + frames, key=lambda f: f[0]), encap=eth))
+    assert labels(call) == CONVERSACION
+    assert call.meta["call_id"] == "N2E5MDkwN2RjYzAwZTA1OTc0YTI3N2QzMjU5ZmYzNTI."
+
+
+# Real INVITEs: (file, Call-ID, caller name, callee name, SDP audio receive addresses).
+INVITES = [
+    ("asterisk_1.6.0.6_invite.sip", "ZDYzOWVlNjEwM2NjZTBjNzliNmM1ZTNiOGZjNWFhN2E.", "philippec1", "Philippec2", [("192.168.10.2", 18874)]),
+    ("audiocodes_mediant1000_invite_compact_headers.sip", "619455480112200022407@10.1.10.101", "anonymous", "5753606", [("10.1.10.101", 6010)]),
+    ("ekiga_3.2.0_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "sam netmon", "echo", [("178.45.73.241", 5092)]),
+    ("linksys_spa2102_invite.sip", "738c6ff4-3bef5da0@10.10.10.211", "CISO_WX", "768111", [("10.10.10.211", 16422)]),
+    ("microsip_3.19.22_invite.sip", "17324d6df8744d978008c8997bfd208d", "aaron", "2", [("192.168.11.50", 4032)]),
+    ("nec_philips_ipdect_gw_invite_no_sdp.sip", "5514@192.168.105.110", "2502", "2504", []),
+    ("sems_1.1.1_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "echo", "sam netmon", [("213.192.59.78", 28510)]),
+    ("ta612v_ata_invite.sip", "94b6e3f8-c0a83dfe-13c4-26bf01-975a21ce-52c@sip.domain.com", "UNAVAILABLE", "1234", [("88.8.88.88", 10000)]),
+    ("zyxel_p2302r_invite.sip", "738c6ff4-3bef5da0@10.10.10.211", "768111", "CISO_WX", []),  # T.38 only
+]
+
+
+@needs_testdata
+@pytest.mark.parametrize("name,call_id,caller,callee,audio", INVITES, ids=[i[0] for i in INVITES])
+def test_sip_fields_from_real_invites(name, call_id, caller, callee, audio):
+    msg = _parse_sip(0.0, ("0.0.0.0", 5060), ("0.0.0.0", 5060), (TESTDATA / "sip_invites" / name).read_bytes())
+    assert msg is not None and msg.is_request and msg.method == "INVITE"
+    assert msg.call_id == call_id
+    assert (_party_name(msg.from_hdr), _party_name(msg.to_hdr)) == (caller, callee)
+    assert msg.sdp_audio == audio
+
+
+# --------------------------------------------------------------------------- bad captures
+
+
+def record_offsets(data: bytes) -> list[int]:
+    """Start offset of each record of a little-endian microsecond pcap."""
+    offs, pos = [], 24
+    while pos < len(data):
+        offs.append(pos)
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+    return offs
+
+
+@needs_testdata
+@pytest.mark.parametrize(
+    "into_record", [5, 16, 16 + 30], ids=["cut-in-record-header", "cut-after-record-header", "cut-in-packet-data"]
+)
+def test_truncated_pcap_keeps_packets_before_the_cut(tmp_path, into_record):
+    data = (PCAPS / "wireshark_rtp_conversacion.pcap").read_bytes()
+    offs = record_offsets(data)
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[: offs[1200] + into_record])
+    call = load_call(path)
+    assert call.meta["capture"]["frames"] == 1200  # the partial record is not used
+    assert any("cut short" in w for w in call.meta["warnings"])
+    assert [leg.label for leg in call.legs] == ["101", "Gonzalo"]
+    full = loaded("wireshark_rtp_conversacion.pcap")
+    for leg, whole in zip(call.legs, full.legs):
+        assert 0 < len(leg.packets) < len(whole.packets)
+        assert leg.packets == whole.packets[: len(leg.packets)]
+
+
+@needs_testdata
+def test_pcap_cut_on_a_record_boundary_is_clean(tmp_path):
+    data = (PCAPS / "wireshark_rtp_conversacion.pcap").read_bytes()
+    path = tmp_path / "short.pcap"
+    path.write_bytes(data[: record_offsets(data)[1200]])
+    call = load_call(path)
+    assert call.meta["capture"]["frames"] == 1200 and "warnings" not in call.meta
+
+
+@needs_testdata
+def test_truncated_pcapng_keeps_packets_before_the_cut(tmp_path):
+    whole = write_capture(tmp_path / "w.pcapng", udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap"), pcapng=True, encap=eth)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(data[: len(data) * 2 // 3 + 7])
+    call = load_call(cut)
+    assert any("cut short" in w for w in call.meta["warnings"])
+    assert [leg.label for leg in call.legs] == ["101", "Gonzalo"]
+    assert sum(len(leg.packets) for leg in call.legs) < 2310
+
+
+@needs_testdata
+def test_capture_with_only_non_rtp_udp(tmp_path):
+    # The real SIP signalling of a call with its RTP removed, plus DNS-like and random datagrams.
+    frames = [f for f in udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap") if f[5][:1] != b"\x80"]
+    assert len(frames) >= 12
+    rng = np.random.default_rng(1)
+    t = frames[-1][0]
+    frames += [(t + i * 0.02, "10.0.0.1", 53, "10.0.0.2", 40000, rng.bytes(60)) for i in range(200)]
+    path = write_capture(tmp_path / "sig.pcap", frames, encap=eth)
+    with pytest.raises(IngestError, match=r"sig\.pcap: no RTP audio streams in the capture"):
+        load_call(path)
+
+
+@needs_testdata
+def test_capture_with_only_g729_names_the_payload_type(tmp_path):
+    frames = []
+    for ts, s, sp, d, dp, p in udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap"):
+        if p[:1] == b"\x80":
+            p = p[:1] + bytes([(p[1] & 0x80) | 18]) + p[2:]  # relabel PCMU as G.729
+        frames.append((ts, s, sp, d, dp, p))
+    with pytest.raises(IngestError, match=r"payload type 18 \(G729\); supported: 0 \(PCMU\), 8 \(PCMA\)$"):
+        load_call(write_capture(tmp_path / "g729.pcap", frames, encap=eth))
+    # Next to a supported stream, the G.729 one is left out and said so.
+    mixed = [f if f[2] != 35112 else f[:5] + (f[5][:1] + bytes([0]) + f[5][2:],) for f in frames]
+    call = load_call(write_capture(tmp_path / "mixed.pcap", mixed, encap=eth))
+    assert labels(call) == [("Gonzalo", "PCMU", 1151)]
+    assert call.meta["ignored_streams"] == [
+        "ssrc 0x5bdd3c0b 192.168.1.78:14970 -> 192.168.1.64:35112: 1159 packets of unsupported payload type 18 (G729)"
+    ]
+
+
+@needs_testdata
+def test_capture_with_only_a_stray_stream(tmp_path):
+    frames = udp_frames(PCAPS / "sipp_pcap_g711a.pcap")[:6]
+    with pytest.raises(IngestError, match=r"no RTP audio streams in the capture: only 1 stray stream\(s\) of under 10 packets$"):
+        load_call(write_capture(tmp_path / "six.pcap", frames, encap=eth))
+    # Ten packets (200 ms) are a leg.
+    call = load_call(write_capture(tmp_path / "ten.pcap", udp_frames(PCAPS / "sipp_pcap_g711a.pcap")[:10], encap=eth))
+    assert [len(leg.packets) for leg in call.legs] == [10]
+
+
+@needs_testdata
+def test_ip_fragments_are_skipped_and_counted(tmp_path):
+    frames = udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap")
+    rtp = [f for f in frames if f[2] == 35112 and f[5][:1] == b"\x80"][:20]
+
+    def fragment(src, sport, dst, dport, payload):  # first fragment: more-fragments flag set
+        pkt = bytearray(eth(src, sport, dst, dport, payload))
+        pkt[14 + 6] |= 0x20
+        return bytes(pkt)
+
+    path = write_capture(tmp_path / "f.pcap", frames, encap=eth)
+    with open(path, "ab") as f:  # append the fragments as extra records after the call
+        for ts, *rest in rtp:
+            body = fragment(*rest)
+            f.write(struct.pack("<IIII", int(ts) + 100, 0, len(body), len(body)) + body)
+    call = load_call(path)
+    assert labels(call) == CONVERSACION
+    assert "skipped 20 IP fragments (not reassembled)" in call.meta["warnings"]
+
+
+@needs_sounds
+def test_duration_counts_the_last_packets_audio(tmp_path):
+    # A real prompt sent as PCMU every 20 ms: the call lasts packets x 20 ms, not up to the last arrival.
+    ulaw = audioop.lin2ulaw(prompt("vm-goodbye").tobytes(), 2)
+    chunks = [ulaw[i:i + 160] for i in range(0, len(ulaw) - 159, 160)]
+    frames = [(1000 + n * 0.02, "10.0.0.1", 4000, "10.0.0.2", 5000, build_rtp(0, n, n * 160, 0xC0FFEE, c))
+              for n, c in enumerate(chunks)]
+    call = load_call(write_capture(tmp_path / "p.pcap", frames, encap=eth))
+    (leg,) = call.legs
+    assert call.duration_ms == len(chunks) * 20 == leg.meta["duration_ms"]
+    assert b"".join(parse_rtp(d).payload for _, d in leg.packets) == b"".join(chunks)
+    assert leg.label == "ssrc 0x00c0ffee" and leg.codec == "PCMU"
+
+
+def test_capture_header_only_or_cut_in_header(tmp_path):
+    hdr = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    (tmp_path / "empty.pcap").write_bytes(hdr)
+    with pytest.raises(IngestError, match="capture holds no complete packets$"):
+        load_call(tmp_path / "empty.pcap")
+    (tmp_path / "cut.pcap").write_bytes(hdr[:10])
+    with pytest.raises(IngestError, match="truncated or corrupt pcap header$"):
+        load_call(tmp_path / "cut.pcap")
+
+
+def test_unsupported_link_type(tmp_path):
+    path = write_capture(tmp_path / "wifi.pcap", [(1.0, "1.1.1.1", 1, "2.2.2.2", 2, b"x")], linktype=105, encap=ipv4_udp)
+    with pytest.raises(IngestError, match="unsupported capture link type 105"):
+        load_call(path)
+
+
+# --------------------------------------------------------------------------- WAV
+
+
+def write_wav(path: Path, samples: np.ndarray, rate=8000, channels=1):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.astype("<i2").tobytes())
+    return path
+
+
+def riff(fmt_tag: int, channels: int, rate: int, bits: int, data: bytes, extra_fmt=b"") -> bytes:
+    align = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * align, align, bits) + extra_fmt
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@needs_sounds
+def test_asterisk_prompt_loads_as_one_8k_leg():
+    path = SOUNDS / "agent-pass.wav"
+    with wave.open(str(path)) as w:
+        n = w.getnframes()
+    call = load_call(path)
+    assert call.kind == "wav" and len(call.legs) == 1
+    (leg,) = call.legs
+    assert isinstance(leg, PcmLegInput)
+    assert (leg.label, leg.rate, leg.samples.dtype, leg.samples.shape, leg.start_ms) == ("agent-pass", 8000, np.int16, (n,), 0)
+    assert np.array_equal(leg.samples, prompt("agent-pass"))
+    assert call.duration_ms == n * 1000 // 8000
+
+
+@needs_sounds
+def test_stereo_wav_gives_left_and_right_legs(tmp_path):
+    a, b = prompt("agent-pass"), prompt("vm-goodbye")
+    n = max(len(a), len(b))
+    left, right = np.pad(a, (0, n - len(a))), np.pad(b, (0, n - len(b)))
+    path = write_wav(tmp_path / "st.wav", np.column_stack([left, right]).ravel(), channels=2)
+    call = load_call(path)
+    assert [(leg.label, leg.rate) for leg in call.legs] == [("left", 8000), ("right", 8000)]
+    assert np.array_equal(call.legs[0].samples, left) and np.array_equal(call.legs[1].samples, right)
+    assert call.duration_ms == n * 1000 // 8000
+
+
+@needs_sounds
+def test_dual_mono_stereo_is_one_leg(tmp_path):
+    a = prompt("vm-goodbye")
+    call = load_call(write_wav(tmp_path / "dual.wav", np.column_stack([a, a]).ravel(), channels=2))
+    assert [leg.label for leg in call.legs] == ["dual"]
+    assert "identical" in call.meta["warnings"][0]
+
+
+@needs_sounds
+def test_16k_wav(tmp_path):
+    a = np.repeat(prompt("vm-goodbye"), 2)  # crude 2x upsample: only the rate matters here
+    call = load_call(write_wav(tmp_path / "wide.wav", a, rate=16000))
+    assert call.legs[0].rate == 16000 and call.duration_ms == len(a) * 1000 // 16000
+
+
+@needs_sounds
+@pytest.mark.parametrize("law", ["ulaw", "alaw"])
+def test_g711_wav_with_hand_written_header(tmp_path, law):
+    a = prompt("agent-pass")
+    enc = audioop.lin2ulaw(a.tobytes(), 2) if law == "ulaw" else audioop.lin2alaw(a.tobytes(), 2)
+    path = tmp_path / f"{law}.wav"
+    path.write_bytes(riff(7 if law == "ulaw" else 6, 1, 8000, 8, enc))
+    call = load_call(path)
+    (leg,) = call.legs
+    assert leg.rate == 8000 and len(leg.samples) == len(a)
+    assert snr_db(a, leg.samples) > 30  # G.711 quantisation keeps ~38 dB on speech
+    assert call.meta["encoding"] == law
+
+
+@needs_sounds
+@pytest.mark.skipif(shutil.which("sox") is None, reason="sox not installed")
+def test_mulaw_wav_written_by_sox(tmp_path):
+    # sox writes an 18-byte fmt chunk and a fact chunk: another writer's layout.
+    out = tmp_path / "sox-ulaw.wav"
+    subprocess.run(["sox", str(SOUNDS / "agent-pass.wav"), "-e", "mu-law", str(out)], check=True, capture_output=True)
+    assert out.read_bytes()[20:22] == b"\x07\x00"
+    leg = load_call(out).legs[0]
+    a = prompt("agent-pass")
+    assert len(leg.samples) == len(a) and snr_db(a, leg.samples) > 30
+
+
+@needs_sounds
+def test_wave_format_extensible_pcm(tmp_path):
+    a = prompt("vm-goodbye")
+    guid_pcm = struct.pack("<HHI", 22, 16, 4) + bytes.fromhex("0100000000001000800000aa00389b71")
+    path = tmp_path / "ext.wav"
+    path.write_bytes(riff(0xFFFE, 1, 8000, 16, a.tobytes(), guid_pcm))
+    assert np.array_equal(load_call(path).legs[0].samples, a)
+
+
+@needs_sounds
+def test_wav_cut_short_keeps_its_samples(tmp_path):
+    a = prompt("agent-pass")
+    data = write_wav(tmp_path / "full.wav", a).read_bytes()
+    path = tmp_path / "cut.wav"
+    path.write_bytes(data[: 44 + 2 * 4000 + 1])  # cut mid-sample, header length unpatched
+    call = load_call(path)
+    assert np.array_equal(call.legs[0].samples, a[:4000])
+    assert any("declares" in w for w in call.meta["warnings"])
+
+
+@pytest.mark.parametrize(
+    "fmt_tag,channels,rate,bits,message",
+    [
+        (1, 1, 44100, 16, "unsupported sample rate 44100 Hz: need 8000 or 16000"),
+        (1, 1, 8000, 24, "unsupported sample width 24 bits: need 16-bit PCM, μ-law or A-law"),
+        (1, 1, 8000, 8, "unsupported sample width 8 bits"),
+        (1, 3, 8000, 16, "unsupported channel count 3: need mono or stereo"),
+        (3, 1, 8000, 32, "unsupported WAV encoding IEEE float"),
+        (0x55, 1, 8000, 0, "unsupported WAV encoding MP3"),
+    ],
+)
+def test_unsupported_wav_formats(tmp_path, fmt_tag, channels, rate, bits, message):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(riff(fmt_tag, channels, rate, bits, b"\x00" * 600))
+    with pytest.raises(IngestError) as e:
+        load_call(path)
+    assert str(e.value).startswith(f"{path}: {message}") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00", "truncated WAV fmt chunk"),
+        (b"RIFF\x04\x00\x00\x00WAVE", "truncated WAV: no fmt chunk"),
+        (b"RIFF\x04\x00\x00\x00AVI LIST", "not a WAVE file"),
+        (b"Hello, this is a text file.\n", "not a RIFF/WAVE file"),
+    ],
+)
+def test_malformed_wav(tmp_path, data, message):
+    path = tmp_path / "x.wav"
+    path.write_bytes(data)
+    with pytest.raises(IngestError, match=message):
+        load_call(path)
+
+
+def test_wav_with_fmt_but_no_data(tmp_path):
+    path = tmp_path / "nodata.wav"
+    path.write_bytes(riff(1, 1, 8000, 16, b"")[:-8])  # drop the (empty) data chunk header
+    with pytest.raises(IngestError, match="no data chunk$"):
+        load_call(path)
+    path.write_bytes(riff(1, 1, 8000, 16, b""))
+    with pytest.raises(IngestError, match="data chunk is empty$"):
+        load_call(path)
+
+
+# --------------------------------------------------------------------------- raw G.711 and dispatch
+
+
+@needs_sounds
+@pytest.mark.parametrize("suffix", [".ulaw", ".pcmu", ".alaw", ".al"])
+def test_raw_g711(tmp_path, suffix):
+    a = prompt("agent-pass")
+    ulaw = suffix in (".ulaw", ".pcmu")
+    path = tmp_path / f"call{suffix}"
+    path.write_bytes(audioop.lin2ulaw(a.tobytes(), 2) if ulaw else audioop.lin2alaw(a.tobytes(), 2))
+    call = load_call(path)
+    assert call.kind == ("ulaw" if ulaw else "alaw")
+    (leg,) = call.legs
+    assert (leg.label, leg.rate, len(leg.samples)) == ("call", 8000, len(a))
+    assert snr_db(a, leg.samples) > 30
+    assert call.duration_ms == len(a) // 8
+
+
+def test_law_mismatch_is_audible_in_snr(tmp_path):
+    # Guards the suffix tables: μ-law bytes decoded as A-law are noise, not speech.
+    t = np.arange(8000)
+    a = (8000 * np.sin(2 * np.pi * 440 * t / 8000)).astype(np.int16)
+    (tmp_path / "x.alaw").write_bytes(audioop.lin2ulaw(a.tobytes(), 2))
+    assert snr_db(a, load_call(tmp_path / "x.alaw").legs[0].samples) < 10
+
+
+@needs_sounds
+@needs_testdata
+def test_content_wins_over_extension(tmp_path):
+    wav = tmp_path / "really-a-wav.ulaw"
+    shutil.copy(SOUNDS / "vm-goodbye.wav", wav)
+    assert load_call(wav).kind == "wav"
+    pcap = tmp_path / "really-a-pcap.wav"
+    shutil.copy(PCAPS / "sipp_pcap_g711a.pcap", pcap)
+    assert load_call(pcap).kind == "pcap"
+
+
+@pytest.mark.parametrize(
+    "name,data,message",
+    [
+        ("notes.txt", b"Call notes: customer called about invoice 42.\n", "unsupported file type"),
+        ("notes.pcap", b"Call notes: customer called about invoice 42.\n", "not a pcap or pcapng capture"),
+        ("empty.ulaw", b"", "empty file"),
+        ("empty.wav", b"", "empty file"),
+        ("empty.pcap", b"", "empty file"),
+    ],
+)
+def test_unreadable_files(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(IngestError) as e:
+        load_call(path)
+    assert str(e.value).startswith(f"{path}: {message}")
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(IngestError, match=r"nope\.wav: cannot read: No such file or directory$"):
+        load_call(tmp_path / "nope.wav")
+    with pytest.raises(IngestError, match="is a directory"):
+        load_call(tmp_path)
+    assert issubclass(IngestError, ValueError)
