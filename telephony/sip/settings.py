@@ -1,0 +1,40 @@
+"""Settings of the SIP endpoint: the proposed ``[sip]`` section of telephony.toml.
+
+Kept here until telephony/config.py grows the section; the names and
+defaults are the ones to add there (``TELEPHONY_SIP_<KEY>`` in the environment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SipSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"  # address the SIP listeners and RTP sockets bind to, and that our SDP announces
+    public_host: str = ""  # address to announce in Contact/SDP when behind NAT; empty: host
+    port: int = 5060  # UDP and TCP
+    udp: bool = True
+    tcp: bool = True
+    user: str = "transcribe"  # sip:transcribe@host:port
+    rtp_port_min: int = 20000  # our RTP sockets (even port, RTCP on port+1)
+    rtp_port_max: int = 30000
+    allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # CIDRs that may send INVITEs
+    max_calls: int = 200  # concurrent SIP dialogs; beyond: 503 + Retry-After
+    retry_after_s: int = 5
+    rate_limit: float = 20.0  # INVITEs per second per source IP (0: off)
+    rate_burst: int = 40
+    correlation_header: str = "X-Call-Correlation"  # INVITEs sharing its value become legs of one call ("" off)
+    speaker_from: str = "display"  # plain calls: label the leg from the From "display" name, its "user", or "fixed"
+    speaker_fixed: str = "caller"
+    siprec_fallback_speakers: list[str] = field(default_factory=lambda: ["caller", "callee"])  # no metadata: by stream order
+    session_expires_s: int = 1800  # RFC 4028 session timers (offered when the peer supports them)
+    min_se_s: int = 90
+    max_streams: int = 4  # audio streams accepted per INVITE (SIPREC: one per participant)
+    log_level: int = 1  # pjsip's own log level (0-6) on stderr
+    media: str = "rtp"  # rtp: our own sockets announced in the SDP | port: pjsua2 AudioMediaPort (spike only)
+
+    @property
+    def announce(self) -> str:
+        return self.public_host or self.host
