@@ -81,8 +81,10 @@ async def transcribe_call(call: CallInput, settings: Settings, engine, sink,
     results = []
     for n, leg in enumerate(call.legs):
         codec = leg.codec if isinstance(leg, RtpLegInput) else f"L16/{leg.rate}"
-        rec = LegRecord(id=new_id(), call_id=record.id, speaker=leg.label, role=getattr(leg, "role", None) or leg.label,
-                        codec=codec, ordinal=n, started_ms=getattr(leg, "start_ms", 0), meta=dict(getattr(leg, "meta", {}) or {}))
+        meta = dict(getattr(leg, "meta", {}) or {})
+        # RTP legs start at call time 0 (their jitter buffer plays silence until the first packet).
+        rec = LegRecord(id=new_id(), call_id=record.id, speaker=leg.label, role=meta.get("role") or leg.label,
+                        codec=codec, ordinal=n, started_ms=getattr(leg, "start_ms", 0), meta=meta)
         await sink.submit(rec)
         results.append(LegResult(rec))
 

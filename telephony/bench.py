@@ -201,15 +201,17 @@ async def bench_latency(settings: Settings, n_legs: int, duration: float) -> dic
         lateness = 0.0
 
         async def send(leg, script):
+            # Like a socket's receive queue: whatever is due is delivered together.
             nonlocal lateness
-            start = leg.t0
-            for n, d in enumerate(script.packets):
-                delay = start + n * 0.02 - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                else:
-                    lateness = max(lateness, -delay)
-                leg.push_rtp(d)
+            start, n, total = leg.t0, 0, len(script.packets)
+            while n < total:
+                now = time.monotonic()
+                lateness = max(lateness, now - (start + n * 0.02))
+                while n < total and start + n * 0.02 <= now:
+                    leg.push_rtp(script.packets[n], start + n * 0.02)
+                    n += 1
+                if n < total:
+                    await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
 
         await asyncio.gather(*(send(leg, s) for _, leg, s in legs))
         await asyncio.gather(*(call.end() for call, _, _ in legs))

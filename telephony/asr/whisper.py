@@ -19,7 +19,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from ..config import AsrSettings, VadSettings
-from ..vad import RATE, Endpointer, Utterance
+from ..vad import RATE, Endpointer, Utterance, prewarm
 from .base import Final, Partial
 from .models import resolve_model
 from .scheduler import FINAL, PARTIAL, DecodeScheduler
@@ -41,6 +41,7 @@ class WhisperEngine:
         self._asr = asr
         self._vad = vad
         self.scheduler = DecodeScheduler(asr.workers, asr.max_queue)
+        prewarm()
 
     def decode(self, audio: np.ndarray, beam_size: int) -> tuple[str, float | None]:
         """Text and a 0..1 confidence (mean token probability) for one utterance."""

@@ -1,0 +1,45 @@
+"""Send audio into a live leg as a network would: 20 ms PCMU RTP in real time, optionally impaired."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import numpy as np
+
+from telephony.g711 import encode
+from telephony.rtp import build_rtp
+
+
+def packets(pcm8k: np.ndarray, ssrc: int = 0x1234, seq0: int = 0, ts0: int = 0, codec: str = "PCMU") -> list[bytes]:
+    data = encode(pcm8k.astype("<i2").tobytes(), codec)
+    pt = 0 if codec == "PCMU" else 8
+    return [build_rtp(pt, seq0 + n, ts0 + n * 160, ssrc, data[i:i + 160]) for n, i in enumerate(range(0, len(data) - 159, 160))]
+
+
+def impair(datagrams: list[bytes], *, loss: float = 0.0, jitter_s: float = 0.0, seed: int = 1):
+    """(send offset, datagram) with random loss and delay; delay beyond 20 ms reorders packets."""
+    rng = random.Random(seed)
+    out = []
+    for n, d in enumerate(datagrams):
+        if rng.random() < loss:
+            continue
+        out.append((n * 0.02 + rng.uniform(0, jitter_s), d))
+    out.sort(key=lambda x: x[0])
+    return out
+
+
+async def play(leg, schedule: list[tuple[float, bytes]], t0: float | None = None) -> None:
+    """Push each datagram into ``leg`` at t0 + offset (monotonic), absolute scheduling."""
+    t0 = time.monotonic() if t0 is None else t0
+    i = 0
+    while i < len(schedule):
+        # Everything already due goes in at once, as a socket's receive queue delivers
+        # its backlog after the event loop was busy.
+        now = time.monotonic()
+        while i < len(schedule) and t0 + schedule[i][0] <= now:
+            leg.push_rtp(schedule[i][1], t0 + schedule[i][0])
+            i += 1
+        if i < len(schedule):
+            await asyncio.sleep(max(0.0, t0 + schedule[i][0] - time.monotonic()))
