@@ -1,408 +1,395 @@
-"""The SIP endpoint of ``telephony serve``: INVITEs in, one live call per dialog (or correlated
-group of dialogs), one leg per recorded audio stream.
+"""The SIP endpoint of ``telephony serve``: INVITEs in, one live call per dialog (or per group of
+dialogs sharing a correlation header), one leg per recorded audio stream.
 
-Threads: pjsua2 runs in its own thread (``ua.py``); this module's ``_Handler``
-methods run there and only parse, decide and answer. Everything that touches
-the call pipeline (``CallManager``, ``LiveCall``, ``LiveLeg``) runs on the
-asyncio loop, reached with ``run_coroutine_threadsafe``/``call_soon_threadsafe``.
-RTP never passes through pjsua2: our own sockets (``media.py``) are announced in
-the SDP answer and read on the loop.
+Everything runs on the service's asyncio loop. The SIP protocol machinery is
+``uas.py``; this module decides what a call is: who may open one, which audio
+streams become legs, who speaks on each (From header, SIPREC metadata), and
+it opens our own RTP sockets (``media.py``) whose packets go straight into
+``LiveLeg.push_rtp``. Why our own sockets and not pjsua2: see the README's
+architecture section (measured: pjsua2-python caps a process at 4 calls and
+its media path hides loss from our jitter buffer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import random
 from dataclasses import dataclass, field
 
 from ..records import CallRecord, new_id, utcnow
 from .errors import SipReject
 from .media import PortAllocator, RtpStream
-from .message import SipRequest, host_of, parse_name_addr, parse_request
-from .policy import Admission, AllowList, RateLimiter
-from .sdp import parse_sdp, rewrite_answer
+from .message import NameAddr, SipRequest, parse_name_addr
+from .policy import AllowList, RateLimiter
+from .sdp import SdpOffer, build_answer, build_offer, parse_sdp, usable_audio
 from .settings import SipSettings
-from .siprec import InviteBody, StreamSpeaker, assign_speakers, parse_invite_body
-from .ua import UaCall, UserAgent
+from .siprec import InviteBody, assign_speakers, parse_invite_body
+from .transport import Flow
+from .uas import Answer, Dialog, UserAgentServer
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class StreamState:
-    index: int  # m= line index
+@dataclass(eq=False)
+class Stream:
+    index: int  # m= line index in the offer
     rtp: RtpStream
-    speaker: str = ""
+    speaker: str
+    codec: str
     role: str | None = None
-    codec: str = "PCMU"
     meta: dict = field(default_factory=dict)
-    leg: object | None = None  # LiveLeg, set on the loop
+    leg: object | None = None  # LiveLeg once the call has started
 
 
-@dataclass
-class Dialog:
-    """One INVITE dialog, as seen by both threads."""
+@dataclass(eq=False)
+class CallState:
+    """Our side of one dialog."""
 
     sip_call_id: str
-    source: str  # ip:port of the request
-    from_uri: str | None
-    to_uri: str | None
-    from_display: str | None
+    source: str
+    from_addr: NameAddr | None
+    to_addr: NameAddr | None
     siprec: bool
     body: InviteBody | None
     correlation: str | None
-    streams: dict[int, StreamState] = field(default_factory=dict)
-    speakers: dict[int, StreamSpeaker] = field(default_factory=dict)
-    plain_speaker: str = "caller"
-    started: asyncio.Future | None = None  # resolves to the LiveCall (or None if it could not start)
+    plain_speaker: str
+    streams: dict[int, Stream] = field(default_factory=dict)
+    sdp_session: int = field(default_factory=lambda: random.getrandbits(31))
+    sdp_version: int = 1
+    started: asyncio.Future | None = None  # -> LiveCall | None
     ended: bool = False
-    ua_call: object | None = None  # the pjsua2 call: touch only on the SIP thread
 
 
-def _sip_settings(settings) -> SipSettings:
+def sip_settings(settings) -> SipSettings:
+    """Accept our SipSettings, a Settings with a ``sip`` section, or None (defaults)."""
     if isinstance(settings, SipSettings):
         return settings
     sip = getattr(settings, "sip", None)
-    if sip is None:
-        return SipSettings()
     if isinstance(sip, SipSettings):
         return sip
-    # telephony/config.py's own [sip] dataclass: same field names.
     base = SipSettings()
-    for name in base.__dataclass_fields__:
-        if hasattr(sip, name):
-            setattr(base, name, getattr(sip, name))
+    if sip is not None:  # telephony/config.py's own [sip] dataclass: same field names
+        for name in base.__dataclass_fields__:
+            if hasattr(sip, name):
+                setattr(base, name, getattr(sip, name))
     return base
 
 
 class SipEndpoint:
-    """``await start()`` binds the listeners; ``await stop()`` refuses new calls and ends every call
-    through ``LiveCall.end`` so that every final is stored."""
+    """``await start()`` binds the listeners; ``await stop()`` refuses new calls, hangs up every
+    dialog (BYE) and ends every call through ``LiveCall.end`` so that every final is stored."""
 
     def __init__(self, settings, manager, loop: asyncio.AbstractEventLoop | None = None):
-        self.settings = _sip_settings(settings)
+        self.settings = s = sip_settings(settings)
         self.manager = manager
         self.loop = loop
-        s = self.settings
-        self.admission = Admission(AllowList(s.allow), RateLimiter(s.rate_limit, s.rate_burst), s.max_calls, s.retry_after_s)
+        self.allow = AllowList(s.allow)
+        self.limiter = RateLimiter(s.rate_limit, s.rate_burst)
         self.allocator = PortAllocator(s.host, s.rtp_port_min, s.rtp_port_max)
-        self.ua = UserAgent(s, _Handler(self))
+        self.uas = UserAgentServer(self, host=s.host, announce=s.announce, user=s.user,
+                                   session_expires=s.session_expires_s, min_se=s.min_se_s,
+                                   admit_request=self._admit_request)
         self.accepting = False
-        self.dialogs: dict[int, Dialog] = {}  # pjsua call id -> dialog (SIP thread's view)
-        self._groups: dict[str, tuple[asyncio.Future, list[Dialog]]] = {}  # correlation value -> (LiveCall future, members)
-        self._tasks: set[asyncio.Future] = set()
-        self.rejected: dict[int, int] = {}  # status code -> count (tests, metrics)
+        self.calls: set[CallState] = set()  # dialogs not yet ended
+        self._groups: dict[object, tuple[asyncio.Future, set[CallState]]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.rejected: dict[int, int] = {}  # status -> count, for tests and metrics
 
     @property
     def port(self) -> int:
-        return self.ua.ports.get("udp") or self.ua.ports.get("tcp") or 0
+        return self.uas.ports.get("udp") or self.uas.ports.get("tcp") or 0
 
     async def start(self) -> None:
-        self.loop = self.loop or asyncio.get_running_loop()
-        await self.loop.run_in_executor(None, self.ua.start)
+        self.loop = asyncio.get_running_loop()
+        s = self.settings
+        await self.uas.start(s.port, s.udp, s.tcp)
         self.accepting = True
-        log.info("SIP listening on %s %s", self.settings.host, self.ua.ports)
+        log.info("SIP listening on %s %s (sip:%s@%s:%d)", s.host, self.uas.ports, s.user, s.announce, self.port)
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def stop(self, timeout: float = 60.0) -> None:
         self.accepting = False
-        done = asyncio.Event()
+        for d in list(self.uas.dialogs.values()):
+            self.uas.hangup(d, "shutdown")
+        for st in list(self.calls):  # dialogs that never got that far (no ACK yet) end too
+            self._end(st)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        await self.uas.close()
 
-        def hangup_all():
-            for call in list(self.ua.calls.values()):
-                call.end()
-            self.loop.call_soon_threadsafe(done.set)
+    # -- admission --------------------------------------------------------
+    def _admit_request(self, req: SipRequest, flow: Flow) -> None:
+        """Every out-of-dialog request: source allow-list (403), per-source rate (503)."""
+        ip = flow.remote[0]
+        if not self.allow.allows(ip):
+            self._count(403)
+            raise SipReject(403, "Forbidden")
+        if not self.limiter.allow(ip):
+            self._count(503)
+            raise SipReject(503, "Rate limit exceeded", {"Retry-After": "1"})
 
-        self.ua.submit(hangup_all)
-        await done.wait()
-        # BYEs are out; each disconnect schedules its call's end. Wait for all of them.
-        deadline = time.monotonic() + timeout
-        while (self._tasks or self.dialogs) and time.monotonic() < deadline:
-            if self._tasks:
-                await asyncio.wait(list(self._tasks), timeout=max(0.05, deadline - time.monotonic()))
-            else:
-                await asyncio.sleep(0.05)
-        await self.loop.run_in_executor(None, self.ua.stop)
-        # Anything the SIP side could not close (it did not disconnect in time) ends here.
-        for fut, members in list(self._groups.values()):
-            await self._end_group(fut, members)
+    def _count(self, status: int) -> None:
+        self.rejected[status] = self.rejected.get(status, 0) + 1
 
-    # -- loop side --------------------------------------------------------
-    def _spawn(self, coro) -> None:
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        self._tasks.add(fut)
-        fut.add_done_callback(self._tasks.discard)
-        fut.add_done_callback(_log_failure)
-
-    async def _start_dialog(self, d: Dialog) -> None:
-        live = None
+    # -- App interface (called by the UAS) ----------------------------------
+    def on_invite(self, req: SipRequest, flow: Flow) -> Answer:
         try:
-            key = d.correlation
-            if key and key in self._groups:
-                fut, members = self._groups[key]
-                members.append(d)
-                live = await fut
-            else:
-                fut = self.loop.create_future()
-                if key:
-                    self._groups[key] = (fut, [d])
-                else:
-                    self._groups[id(d)] = (fut, [d])
-                try:
-                    live = await self.manager.start_call(self._call_record(d))
-                except Exception as exc:
-                    fut.set_result(None)
-                    raise exc
-                fut.set_result(live)
-            if live is None:
-                self._hangup(d, 503)
-                return
-            for st in list(d.streams.values()):
-                await self._open_leg(live, d, st)
-            if d.correlation:
-                live.update_meta(**{f"dialog_{d.sip_call_id}": self._dialog_meta(d)})
-        finally:
-            d.started.set_result(live)
-
-    def _hangup(self, d: Dialog, status: int = 0) -> None:
-        def run():
-            if d.ua_call is not None:  # read on the SIP thread: it is cleared there at disconnect
-                d.ua_call.end(status)
-
-        self.ua.submit(run)
-
-    async def _open_leg(self, live, d: Dialog, st: StreamState) -> None:
-        if st.leg is not None or st.rtp.closed:
-            return
-        st.leg = live.add_leg(speaker=st.speaker, role=st.role, codec=st.codec, meta=st.meta)
-        await st.rtp.attach(st.leg.push_rtp)
-
-    async def _add_streams(self, d: Dialog, streams: list[StreamState]) -> None:
-        live = await d.started
-        if live is not None and not d.ended:
-            for st in streams:
-                await self._open_leg(live, d, st)
-
-    async def _update_speakers(self, d: Dialog, changes: dict[int, str], meta: dict) -> None:
-        live = await d.started
-        if live is None:
-            return
-        for idx, speaker in changes.items():
-            st = d.streams.get(idx)
-            if st is not None and st.leg is not None:
-                st.leg.set_speaker(speaker)
-        if meta:
-            live.update_meta(**meta)
-
-    async def _end_dialog(self, d: Dialog) -> None:
-        live = await d.started if d.started is not None else None
-        for st in d.streams.values():
-            st.rtp.close()
-        key = d.correlation if d.correlation else id(d)
-        group = self._groups.get(key)
-        if group is None:
-            return
-        fut, members = group
-        if d in members:
-            members.remove(d)
-        if not members:
-            await self._end_group(fut, [])
-            self._groups.pop(key, None)
-        elif live is not None:
-            for st in d.streams.values():  # this direction hung up; the others go on
-                if st.leg is not None:
-                    await st.leg.end()
-
-    async def _end_group(self, fut, members) -> None:
-        live = fut.result() if fut.done() else None
-        for d in members:
-            for st in d.streams.values():
-                st.rtp.close()
-        if live is not None:
-            await live.end("completed")
-
-    def _call_record(self, d: Dialog) -> CallRecord:
-        meta = self._dialog_meta(d)
-        if d.body is not None and d.body.metadata is not None:
-            meta.update(d.body.metadata.as_meta())
-        if d.correlation:
-            meta["correlation"] = d.correlation
-        return CallRecord(id=new_id(), source="siprec" if d.siprec else "sip", started_at=utcnow(),
-                          external_id=d.sip_call_id, from_uri=d.from_uri, to_uri=d.to_uri,
-                          remote_addr=d.source, meta=meta)
-
-    @staticmethod
-    def _dialog_meta(d: Dialog) -> dict:
-        meta = {"sip_call_id": d.sip_call_id, "from": d.from_uri, "to": d.to_uri, "source": d.source}
-        if d.from_display:
-            meta["from_display"] = d.from_display
-        if d.body is not None and d.body.metadata_note:
-            meta["metadata_note"] = d.body.metadata_note
-        return meta
-
-
-def _log_failure(fut) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("SIP call task failed", exc_info=fut.exception())
-
-
-class _Handler:
-    """Runs on the pjsua thread: parse, admit, answer; hand the rest to the loop."""
-
-    def __init__(self, ep: SipEndpoint):
-        self.ep = ep
-
-    def on_incoming(self, call: UaCall, prm) -> None:
-        ep, s = self.ep, self.ep.settings
-        source = prm.rdata.srcAddress
-        try:
-            req = parse_request(prm.rdata.wholeMsg)
-            accepting = ep.accepting and getattr(ep.manager, "accepting", True)
-            ep.admission.check(host_of(source), len(ep.dialogs), accepting)
-            d = self._dialog(req, source)
+            st = self._admit_invite(req, flow)
         except SipReject as r:
-            log.info("INVITE from %s refused: %d %s", source, r.status, r.reason)
-            ep.rejected[r.status] = ep.rejected.get(r.status, 0) + 1
-            call.respond(r.status, r.reason, r.headers)
-            return
-        call.ctx = d
-        d.ua_call = call
-        ep.dialogs[call.getId()] = d
-        audio = len(d.body.sdp.audio()) if d.body is not None else 1
-        n = min(max(audio, 1), s.max_streams) if d.siprec else 1
-        call.respond(200, "OK", audio_count=n)
+            self._count(r.status)
+            log.info("INVITE %s from %s:%d refused: %d %s", req.call_id, *flow.remote, r.status, r.reason)
+            return Answer(r.status, r.reason, [(k.lower(), v) for k, v in r.headers.items()])
+        sdp = self._local_sdp(st)
+        self.calls.add(st)
+        st.started = self.loop.create_future()
+        self._spawn(self._start_call(st))
+        return Answer(200, "OK", sdp=sdp, app=st)
 
-    def _dialog(self, req: SipRequest, source: str) -> Dialog:
-        s = self.ep.settings
-        body = None
-        if req.body.strip():
-            body = parse_invite_body(req.get("content-type"), req.body)
-            if not any(m.codec() is not None and m.port != 0 for m in body.sdp.audio()):
-                raise SipReject(488, "No usable audio codec (PCMU/PCMA)")
+    def _admit_invite(self, req: SipRequest, flow: Flow) -> CallState:
+        s = self.settings
+        if not self.accepting or not getattr(self.manager, "accepting", True):
+            raise SipReject(503, "Shutting down", {"Retry-After": str(s.retry_after_s)})
+        if len(self.calls) >= s.max_calls:
+            raise SipReject(503, "Too many calls", {"Retry-After": str(s.retry_after_s)})
+        body = parse_invite_body(req.get("content-type"), req.body) if req.body.strip() else None
         siprec = "siprec" in req.tokens("require") or (body is not None and body.is_siprec)
-        frm = parse_name_addr(req.get("from"))
-        to = parse_name_addr(req.get("to"))
-        correlation = req.get(s.correlation_header) if s.correlation_header else None
-        if correlation is not None:
-            correlation = correlation.strip()
-            if not correlation or len(correlation) > 256 or any(ord(ch) < 0x20 for ch in correlation):
-                raise SipReject(400, f"Bad {s.correlation_header} header")
-        d = Dialog(sip_call_id=req.get("call-id") or "", source=source,
-                   from_uri=frm.uri if frm else None, to_uri=to.uri if to else None,
-                   from_display=frm.display if frm else None, siprec=siprec, body=body, correlation=correlation)
-        d.plain_speaker = self._plain_speaker(frm)
-        if body is not None and siprec:
-            audio = [m for m in body.sdp.audio() if m.port != 0 and m.codec() is not None]
-            for sp in assign_speakers(audio, body.metadata, s.siprec_fallback_speakers):
-                d.speakers[sp.index] = sp
-        return d
+        correlation = None
+        if s.correlation_header:
+            correlation = req.get(s.correlation_header)
+            if correlation is not None:
+                correlation = correlation.strip()
+                if not correlation or len(correlation) > 256:
+                    raise SipReject(400, f"Bad {s.correlation_header} header")
+        frm, to = parse_name_addr(req.get("from")), parse_name_addr(req.get("to"))
+        st = CallState(sip_call_id=req.call_id, source=f"{flow.remote[0]}:{flow.remote[1]}", from_addr=frm,
+                       to_addr=to, siprec=siprec, body=body, correlation=correlation,
+                       plain_speaker=self._plain_speaker(frm))
+        if body is not None:
+            audio = usable_audio(body.sdp)
+            if not audio:
+                raise SipReject(488, "Not Acceptable Here: no PCMU/PCMA audio stream",
+                                {"Warning": '304 telephony "Media type not available"'})
+            self._open_streams(st, body.sdp)
+        else:  # late offer: we offer one receive-only stream in the 200
+            try:
+                rtp = RtpStream(self.allocator)
+            except OSError:
+                raise SipReject(503, "No RTP port available", {"Retry-After": str(s.retry_after_s)}) from None
+            st.streams[0] = Stream(0, rtp, st.plain_speaker, "PCMU", "caller", {"sdp_index": 0})
+        return st
 
-    def _plain_speaker(self, frm) -> str:
-        s = self.ep.settings
+    def _plain_speaker(self, frm: NameAddr | None) -> str:
+        s = self.settings
         if s.speaker_from == "fixed" or frm is None:
             return s.speaker_fixed
         if s.speaker_from == "display" and frm.display:
             return frm.display
         return frm.user or frm.display or s.speaker_fixed
 
-    def on_sdp_created(self, call: UaCall, prm) -> None:
-        d: Dialog | None = call.ctx
-        if d is None or d.ended:
-            return
-        ep, s = self.ep, self.ep.settings
-        local = parse_sdp(prm.sdp.wholeSdp)
-        new: list[StreamState] = []
-        ports = {}
-        for m in local.audio():
-            if m.port == 0:
+    def _open_streams(self, st: CallState, offer: SdpOffer) -> list[Stream]:
+        """Sockets for every recorded stream of ``offer`` we do not have yet (re-offers keep theirs)."""
+        s = self.settings
+        audio = usable_audio(offer)
+        if not st.siprec:
+            audio = audio[:1]  # a plain call is one speaker: the first audio stream
+        audio = audio[: s.max_streams]
+        speakers = {sp.index: sp for sp in assign_speakers(audio, st.body.metadata if st.body else None,
+                                                           s.siprec_fallback_speakers)}
+        new = []
+        for m in audio:
+            if m.index in st.streams:
                 continue
-            if not d.siprec and d.streams and m.index not in d.streams:
-                continue  # a plain call records one stream
-            st = d.streams.get(m.index)
-            if st is None:
-                try:
-                    st = StreamState(m.index, RtpStream(ep.allocator))
-                except OSError as exc:
-                    log.error("no RTP port for call %s: %s", d.sip_call_id, exc)
-                    continue
-                self._label(d, st, m)
-                d.streams[m.index] = st
-                new.append(st)
-            ports[m.index] = st.rtp.port
-        prm.sdp.wholeSdp = rewrite_answer(prm.sdp.wholeSdp, ports, s.announce, "recvonly")
-        if d.started is None:
-            # Constructing a future binds it to the loop without touching the loop's state;
-            # only the loop sets its result.
-            d.started = asyncio.Future(loop=ep.loop)
-            ep._spawn(ep._start_dialog(d))
-        elif new:
-            ep._spawn(ep._add_streams(d, new))
-
-    def _label(self, d: Dialog, st: StreamState, m) -> None:
-        codec = m.codec()
-        st.codec = codec[1] if codec else "PCMU"
-        st.meta = {"sdp_index": m.index}
-        if m.label is not None:
-            st.meta["label"] = m.label
-        if d.siprec:
-            sp = d.speakers.get(m.index)
-            if sp is None:  # a stream the offer did not describe (late offer): by order
-                fb = self.ep.settings.siprec_fallback_speakers
-                pos = len(d.streams)
-                st.speaker = fb[pos] if pos < len(fb) else f"stream {pos + 1}"
-            else:
-                st.speaker = sp.speaker
-                st.meta["speaker_source"] = sp.source
+            try:
+                rtp = RtpStream(self.allocator)
+            except OSError:
+                for n in new:
+                    n.rtp.close()
+                raise SipReject(503, "No RTP port available", {"Retry-After": str(s.retry_after_s)}) from None
+            codec = m.codec()[1]
+            meta = {"sdp_index": m.index}
+            if m.label is not None:
+                meta["label"] = m.label
+            if st.siprec:
+                sp = speakers[m.index]
+                meta["speaker_source"] = sp.source
                 if sp.participant is not None:
-                    st.meta.update(participant_id=sp.participant.id, aor=sp.participant.aor)
-            st.role = None
-        else:
-            st.speaker = d.plain_speaker
-            st.role = "caller"
+                    meta.update(participant_id=sp.participant.id, aor=sp.participant.aor)
+                stream = Stream(m.index, rtp, sp.speaker, codec, None, meta)
+            else:
+                stream = Stream(m.index, rtp, st.plain_speaker, codec, "caller", meta)
+            st.streams[m.index] = stream
+            new.append(stream)
+        return new
 
-    def on_rx_reinvite(self, call: UaCall, prm) -> None:
-        d: Dialog | None = call.ctx
-        if d is None:
+    def _local_sdp(self, st: CallState) -> bytes:
+        ports = {i: x.rtp.port for i, x in st.streams.items()}
+        if st.body is None:
+            return build_offer(ports[0], self.settings.announce, st.sdp_session, st.sdp_version)
+        return build_answer(st.body.sdp, ports, self.settings.announce, st.sdp_session, st.sdp_version)
+
+    def on_reoffer(self, dialog: Dialog, req: SipRequest) -> Answer:
+        """re-INVITE / UPDATE: hold, resume, refresh, new streams or late SIPREC metadata. Same call, same legs."""
+        st: CallState = dialog.app
+        if st is None or st.ended:
+            return Answer(481, "Call/Transaction Does Not Exist")
+        if not req.body.strip():
+            return Answer(200, "OK", sdp=self._local_sdp(st) if req.method == "INVITE" else None)
+        try:
+            body = parse_invite_body(req.get("content-type"), req.body)
+            if not usable_audio(body.sdp) and any(m.port for m in body.sdp.audio()):
+                raise SipReject(488, "Not Acceptable Here: no PCMU/PCMA audio stream")
+        except SipReject as r:
+            log.info("re-offer for %s refused: %d %s", st.sip_call_id, r.status, r.reason)
+            return Answer(r.status, r.reason, [(k.lower(), v) for k, v in r.headers.items()])
+        old_meta = st.body.metadata if st.body else None
+        metadata = body.metadata or old_meta
+        st.body = InviteBody(body.sdp, body.sdp_text, metadata, body.metadata_note, body.parts)
+        st.siprec = st.siprec or body.is_siprec or "siprec" in req.tokens("require")
+        try:
+            new = self._open_streams(st, body.sdp)
+        except SipReject as r:
+            return Answer(r.status, r.reason, [(k.lower(), v) for k, v in r.headers.items()])
+        st.sdp_version += 1
+        changes = {}
+        if body.metadata is not None:
+            for sp in assign_speakers(usable_audio(body.sdp), metadata, self.settings.siprec_fallback_speakers):
+                x = st.streams.get(sp.index)
+                if x is not None and x.speaker != sp.speaker:
+                    x.speaker = sp.speaker
+                    changes[sp.index] = sp.speaker
+        if new or changes or body.metadata is not None:
+            self._spawn(self._update_call(st, new, changes, body.metadata))
+        return Answer(200, "OK", sdp=self._local_sdp(st))
+
+    def on_ack(self, dialog: Dialog, req: SipRequest) -> None:
+        """Late offer: the ACK carries the answer to our offer, so now we know the codec."""
+        st: CallState = dialog.app
+        if st is None or st.body is not None:
             return
         try:
-            req = parse_request(prm.rdata.wholeMsg)
-            if not req.body.strip():
+            answer = parse_sdp(req.body)
+        except SipReject:
+            return
+        audio = usable_audio(answer)
+        if audio and 0 in st.streams:
+            st.streams[0].codec = audio[0].codec()[1]
+        st_ready = st.streams.get(0)
+        if st_ready is not None and st_ready.leg is None:
+            self._spawn(self._update_call(st, [st_ready], {}, None))
+
+    def on_terminated(self, dialog: Dialog, why: str) -> None:
+        st: CallState = dialog.app
+        if st is not None:
+            log.info("dialog %s ended (%s)", st.sip_call_id, why)
+            self._end(st)
+
+    # -- the call pipeline (loop side) -----------------------------------------
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    def _end(self, st: CallState) -> None:
+        if st.ended:
+            return
+        st.ended = True
+        self.calls.discard(st)
+        self._spawn(self._end_call(st))
+
+    async def _start_call(self, st: CallState) -> None:
+        live = None
+        key = st.correlation if st.correlation else st
+        try:
+            group = self._groups.get(key)
+            if group is not None:
+                group[1].add(st)
+                live = await group[0]
+            else:
+                fut = self.loop.create_future()
+                self._groups[key] = (fut, {st})
+                try:
+                    live = await self.manager.start_call(self._call_record(st))
+                finally:
+                    fut.set_result(live)
+            if live is None:
                 return
-            body = parse_invite_body(req.get("content-type"), req.body)
-        except SipReject as r:
-            log.info("re-INVITE for %s refused: %d %s", d.sip_call_id, r.status, r.reason)
-            prm.statusCode = r.status
-            return
-        if body.metadata is None:
-            return
-        # Metadata that arrives (or changes) in a re-INVITE relabels the legs we already have.
-        d.body = body if d.body is None else InviteBody(d.body.sdp, d.body.sdp_text, body.metadata, None, body.parts)
-        d.siprec = True
-        audio = [m for m in body.sdp.audio() if m.port != 0 and m.codec() is not None]
-        changes = {}
-        for sp in assign_speakers(audio, body.metadata, self.ep.settings.siprec_fallback_speakers):
-            d.speakers[sp.index] = sp
-            st = d.streams.get(sp.index)
-            if st is not None and st.speaker != sp.speaker:
-                st.speaker = sp.speaker
-                changes[sp.index] = sp.speaker
-        self.ep._spawn(self.ep._update_speakers(d, changes, body.metadata.as_meta()))
+            if st.correlation:
+                live.update_meta(**{f"dialog:{st.sip_call_id}": self._dialog_meta(st)})
+            if st.body is not None:  # late offer: the leg opens when the ACK brings the answer (on_ack)
+                for stream in list(st.streams.values()):
+                    await self._open_leg(live, stream)
+        except Exception:
+            log.exception("could not start call %s", st.sip_call_id)
+            live = None
+        finally:
+            st.started.set_result(live)
+            if live is None and not st.ended:
+                self._hangup(st)
 
-    def on_disconnected(self, call: UaCall) -> None:
-        d: Dialog | None = call.ctx
-        self._forget(call)
-        call.ctx = None
-        if d is None or d.ended:
-            return
-        d.ua_call = None  # the pjsua2 object must die before libDestroy, on this thread
-        d.ended = True
-        if d.started is None:  # never answered with SDP (CANCEL while ringing): nothing was opened
-            for st in d.streams.values():
-                st.rtp.close()
-            return
-        self.ep._spawn(self.ep._end_dialog(d))
+    def _hangup(self, st: CallState) -> None:
+        for d in list(self.uas.dialogs.values()):
+            if d.app is st:
+                self.uas.hangup(d, "no-pipeline")
+                return
+        self._end(st)
 
-    def _forget(self, call: UaCall) -> None:
-        for k, v in list(self.ep.dialogs.items()):
-            if v is call.ctx:
-                del self.ep.dialogs[k]
+    async def _open_leg(self, live, stream: Stream) -> None:
+        if stream.leg is not None or stream.rtp.closed:
+            return
+        stream.leg = live.add_leg(speaker=stream.speaker, role=stream.role, codec=stream.codec, meta=stream.meta)
+        await stream.rtp.attach(stream.leg.push_rtp)
+
+    async def _update_call(self, st: CallState, new: list[Stream], changes: dict[int, str], metadata) -> None:
+        live = await st.started
+        if live is None or st.ended:
+            return
+        for stream in new:
+            await self._open_leg(live, stream)
+        for idx, speaker in changes.items():
+            stream = st.streams.get(idx)
+            if stream is not None and stream.leg is not None:
+                stream.leg.set_speaker(speaker)
+        if metadata is not None:
+            live.update_meta(**metadata.as_meta())
+
+    async def _end_call(self, st: CallState) -> None:
+        live = await st.started if st.started is not None else None
+        for stream in st.streams.values():
+            stream.rtp.close()
+        key = st.correlation if st.correlation else st
+        group = self._groups.get(key)
+        if group is not None:
+            group[1].discard(st)
+            if group[1]:
+                # Another forked direction of this call is still up: only this dialog's legs end.
+                await asyncio.gather(*(x.leg.end() for x in st.streams.values() if x.leg is not None))
+                return
+            del self._groups[key]
+        if live is not None:
+            await live.end("completed")
+
+    def _call_record(self, st: CallState) -> CallRecord:
+        meta = self._dialog_meta(st)
+        if st.body is not None and st.body.metadata is not None:
+            meta.update(st.body.metadata.as_meta())
+        if st.correlation:
+            meta["correlation"] = st.correlation
+        return CallRecord(id=new_id(), source="siprec" if st.siprec else "sip", started_at=utcnow(),
+                          external_id=st.sip_call_id, from_uri=st.from_addr.uri if st.from_addr else None,
+                          to_uri=st.to_addr.uri if st.to_addr else None, remote_addr=st.source, meta=meta)
+
+    @staticmethod
+    def _dialog_meta(st: CallState) -> dict:
+        meta = {"sip_call_id": st.sip_call_id, "source": st.source,
+                "from": st.from_addr.uri if st.from_addr else None, "to": st.to_addr.uri if st.to_addr else None}
+        if st.from_addr and st.from_addr.display:
+            meta["from_display"] = st.from_addr.display
+        if st.body is not None and st.body.metadata_note:
+            meta["metadata_note"] = st.body.metadata_note
+        return meta
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("SIP call task failed", exc_info=task.exception())

@@ -154,47 +154,41 @@ def usable_audio(offer: SdpOffer) -> list[MediaDesc]:
     return [m for m in offer.audio() if m.port != 0 and m.codec() is not None]
 
 
-def rewrite_answer(answer: str, ports: dict[int, int], address: str, direction: str = "recvonly") -> str:
-    """Point the m= lines at index ``i`` of our answer at ``address:ports[i]`` and make them receive-only.
-
-    pjsua builds the answer (codec negotiation, rejected streams) on its own RTP
-    sockets; we only swap in our sockets, so the packets reach our jitter buffer
-    untouched. ``direction`` is the most we accept; the offer's direction narrows it.
-    """
-    out: list[str] = []
-    idx = -1
-    eol = "\r\n"
-    for ln in answer.replace("\r\n", "\n").split("\n"):
-        if not ln:
-            continue
-        if ln.startswith("m="):
-            idx += 1
-            parts = ln.split(" ")
-            if idx in ports and parts[1] != "0":
-                parts[1] = str(ports[idx])
-                ln = " ".join(parts)
-            out.append(ln)
-            continue
-        if idx in ports and ln.startswith("c="):
-            ln = f"c=IN IP4 {address}"
-        elif idx < 0 and ln.startswith("c="):
-            ln = f"c=IN IP4 {address}"
-        elif idx < 0 and ln.startswith("o="):
-            parts = ln.split(" ")
-            if len(parts) >= 6:
-                parts[5] = address
-                ln = " ".join(parts)
-        elif idx in ports and ln[2:] in DIRECTIONS and ln.startswith("a="):
-            ln = "a=" + _narrow(ln[2:], direction)
-        elif idx in ports and (ln.startswith("a=rtcp:") or ln.startswith("a=rtcp-mux")):
-            # Our RTCP is port+1 (RFC 3550 default); drop pjsua's socket's explicit rtcp port.
-            continue
-        out.append(ln)
-    return eol.join(out) + eol
+def answer_direction(offered: str) -> str:
+    """We only receive: the answer to sendrecv/sendonly is recvonly, to recvonly/inactive inactive (RFC 3264 6.1)."""
+    return "recvonly" if offered in ("sendrecv", "sendonly") else "inactive"
 
 
-def _narrow(ours: str, limit: str) -> str:
-    """Intersect two directions, each seen from our side."""
-    recv = ours in ("sendrecv", "recvonly") and limit in ("sendrecv", "recvonly")
-    send = ours in ("sendrecv", "sendonly") and limit in ("sendrecv", "sendonly")
-    return {(True, True): "sendrecv", (True, False): "recvonly", (False, True): "sendonly"}.get((recv, send), "inactive")
+def build_answer(offer: SdpOffer, ports: dict[int, int], address: str, session_id: int, version: int) -> bytes:
+    """Our SDP answer: every offered m= line in order (RFC 3264 6), the ones in ``ports`` accepted
+    with their codec and telephone-event, receive-only; the rest rejected with port 0."""
+    lines = ["v=0", f"o=telephony {session_id} {version} IN IP4 {address}", "s=telephony",
+             f"c=IN IP4 {address}", "t=0 0"]
+    for m in offer.media:
+        port = ports.get(m.index)
+        codec = m.codec() if port else None
+        if port is None or codec is None:
+            lines.append(f"m={m.kind} 0 {m.proto} {m.formats[0] if m.formats else '0'}")
+            continue
+        pt, name = codec
+        fmts = [str(pt)]
+        extra = [f"a=rtpmap:{pt} {name}/8000"]
+        dtmf = next((p for p, (n, r) in m.rtpmap.items() if n.lower() == "telephone-event" and r == 8000), None)
+        if dtmf is not None:
+            fmts.append(str(dtmf))
+            extra += [f"a=rtpmap:{dtmf} telephone-event/8000", f"a=fmtp:{dtmf} 0-16"]
+        lines.append(f"m=audio {port} {m.proto} {' '.join(fmts)}")
+        lines += extra
+        if m.label is not None:
+            lines.append(f"a=label:{m.label}")
+        lines += ["a=ptime:20", f"a={answer_direction(m.direction)}"]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def build_offer(port: int, address: str, session_id: int, version: int = 1) -> bytes:
+    """Our offer in the 200 OK when the INVITE had no SDP (late offer, RFC 3261 13.2.1)."""
+    lines = ["v=0", f"o=telephony {session_id} {version} IN IP4 {address}", "s=telephony",
+             f"c=IN IP4 {address}", "t=0 0", f"m=audio {port} RTP/AVP 0 8 101",
+             "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000",
+             "a=fmtp:101 0-16", "a=ptime:20", "a=recvonly"]
+    return ("\r\n".join(lines) + "\r\n").encode()

@@ -1,0 +1,176 @@
+"""SIP over UDP and TCP on the asyncio loop (RFC 3261 section 18).
+
+UDP: one datagram is one message. TCP: messages are framed by Content-Length
+(a missing one means 0); CRLF keep-alives (RFC 5626 4.4.1) are answered with
+CRLF. A connection that sends an unframeable message or more than
+``MAX_MESSAGE`` bytes of headers is closed; other connections are unaffected.
+Replies go back on the flow the request came in on (for UDP: to the source
+address and port, as with ``rport`` - RFC 3581), which is what NATed PBXes need
+and keeps our traffic on the peer's own address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+from .message import MAX_MESSAGE
+
+log = logging.getLogger(__name__)
+
+_CL = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", re.I | re.M)
+
+
+@dataclass(eq=False)
+class Flow:
+    """Where a message came from and how to answer on the same path."""
+
+    transport: str  # UDP | TCP
+    remote: tuple[str, int]
+    _send: Callable[[bytes], None]
+    local: tuple[str, int] | None = None
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._send(data)
+        except Exception as exc:  # a closed TCP connection, an unreachable UDP peer: nothing to do
+            log.debug("send to %s failed: %s", self.remote, exc)
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+
+Handler = Callable[[bytes, Flow, bool], None]  # (message bytes, flow, framed-by-stream)
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if not data.strip(b"\r\n\0 "):
+            return  # keep-alive
+        flow = Flow("UDP", (addr[0], addr[1]), lambda b, a=addr: self.transport.sendto(b, a))
+        self.handler(data, flow, False)
+
+    def error_received(self, exc) -> None:
+        log.debug("SIP UDP error: %s", exc)
+
+
+class _Tcp(asyncio.Protocol):
+    def __init__(self, handler: Handler, connections: set):
+        self.handler = handler
+        self.connections = connections
+        self.buf = bytearray()
+        self.transport = None
+        self.flow: Flow | None = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.flow = Flow("TCP", (peer[0], peer[1]), self._write)
+        self.connections.add(self)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def connection_lost(self, exc):
+        self.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            # Leading CRLFs between messages: a double CRLF is a keep-alive ping, answered with one CRLF.
+            stripped = self.buf.lstrip(b"\r\n")
+            if len(stripped) != len(self.buf):
+                if self.buf.startswith(b"\r\n\r\n"):
+                    self._write(b"\r\n")
+                del self.buf[: len(self.buf) - len(stripped)]
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_MESSAGE:
+                    self._close("headers too long")
+                return
+            head = bytes(self.buf[:end])
+            lengths = {m.group(1) for m in _CL.finditer(head)}
+            if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
+                self._close("bad Content-Length")
+                return
+            n = int(lengths.pop()) if lengths else 0
+            total = end + 4 + n
+            if total > MAX_MESSAGE:
+                self._close("message too large")
+                return
+            if len(self.buf) < total:
+                return
+            msg = bytes(self.buf[:total])
+            del self.buf[:total]
+            self.handler(msg, self.flow, True)
+
+    def _close(self, why: str) -> None:
+        log.info("closing SIP TCP connection from %s: %s", self.flow.remote if self.flow else "?", why)
+        self.buf.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class SipTransport:
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.ports: dict[str, int] = {}
+        self._udp = None
+        self._tcp_server = None
+        self._connections: set[_Tcp] = set()
+        self.udp_flow_send = None
+
+    async def start(self, host: str, port: int, udp: bool = True, tcp: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        for attempt in range(20):  # port 0: find one free for both UDP and TCP
+            try:
+                if udp:
+                    self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self.handler), local_addr=(host, port))
+                    bound = self._udp.get_extra_info("sockname")[1]
+                    self.ports["udp"] = bound
+                    sock = self._udp.get_extra_info("socket")
+                    try:  # bursts of INVITEs (load tests, reconnecting PBXes) must not overflow the queue
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                    except OSError:
+                        pass
+                else:
+                    bound = port
+                if tcp:
+                    self._tcp_server = await loop.create_server(lambda: _Tcp(self.handler, self._connections),
+                                                                host, bound, reuse_address=True)
+                    self.ports["tcp"] = self._tcp_server.sockets[0].getsockname()[1]
+                return
+            except OSError:
+                if self._udp is not None:
+                    self._udp.close()
+                    self._udp = None
+                if port != 0 or attempt == 19:
+                    raise
+
+    def send_udp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data, addr)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            for c in list(self._connections):
+                if c.transport is not None:
+                    c.transport.close()
+            await self._tcp_server.wait_closed()
