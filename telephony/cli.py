@@ -26,17 +26,16 @@ class CliError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .asr.models import ModelError
+    from .formats import FormatError
     from .g711 import CodecError
     from .ingest import IngestError
     from .store.database import DatabaseError
+    from .store.journal import JournalError
+    from .store.queries import CallNotFound, InvalidQuery
+    from .store.writer import WriterClosed
 
-    errors = [ConfigError, ModelError, IngestError, DatabaseError, CodecError]
-    try:
-        from .store.queries import CallNotFound
-        errors.append(CallNotFound)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, ModelError, IngestError, DatabaseError, CodecError, FormatError, JournalError,
+            CallNotFound, InvalidQuery, WriterClosed)
 
 
 # -- commands ---------------------------------------------------------------
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if isinstance(exc, _user_errors()):
             print(f"telephony: error: {exc}", file=sys.stderr)
-            return EXIT_INPUT if type(exc).__name__ in ("IngestError", "CodecError") else EXIT_FAILURE
+            return EXIT_INPUT if type(exc).__name__ in ("IngestError", "CodecError", "InvalidQuery", "CallNotFound") else EXIT_FAILURE
         if args.debug:
             raise
         print(f"telephony: error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)

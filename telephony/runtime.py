@@ -8,16 +8,48 @@ final produced while stopping is still written (or kept in the journal).
 from __future__ import annotations
 
 import logging
-from contextlib import AsyncExitStack
+import os
+from pathlib import Path
 
 from .asr import create_engine
 from .config import Settings
 from .store.database import resolve_database_url, stop_embedded
-from .store.journal import Journal
+from .store.journal import JOURNAL_FILE, Journal, JournalError
 from .store.migrate import upgrade_async
 from .store.writer import RecordWriter
 
 log = logging.getLogger(__name__)
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".lock"), path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+
+
+def open_journal(data_dir: Path) -> Journal:
+    """The data directory's journal; a process-own one when another process (``serve``) holds it.
+
+    Whoever holds the main journal adopts the records left in process-own journals
+    by runs that ended before those records reached PostgreSQL.
+    """
+    try:
+        main = Journal.in_data_dir(data_dir)
+    except JournalError:
+        return Journal(data_dir / f"journal-{os.getpid()}.sqlite3")
+    for orphan_path in sorted(data_dir.glob("journal-*.sqlite3")):
+        try:
+            orphan = Journal(orphan_path)
+        except JournalError:
+            continue  # its process is still running
+        try:
+            while batch := orphan.pending(limit=1000):
+                main.append_many([record for _, record in batch])
+                orphan.ack([seq for seq, _ in batch])
+        finally:
+            orphan.close()
+        log.info("adopted journal %s", orphan_path.name)
+        _remove(orphan_path)
+    return main
 
 
 class Runtime:
@@ -34,7 +66,7 @@ class Runtime:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.database_url = await resolve_database_url(s)
         await upgrade_async(self.database_url)
-        self._journal = Journal.in_data_dir(s.data_dir)
+        self._journal = open_journal(s.data_dir)
         self.writer = RecordWriter(self.database_url, self._journal, s.database.retry_interval_s)
         await self.writer.start()
         if self._want_asr:
@@ -52,5 +84,7 @@ class Runtime:
                             left, self.settings.data_dir / "journal.sqlite3")
         if self._journal is not None:
             self._journal.close()
+            if self._journal.path.name != JOURNAL_FILE and self.writer is not None and self.writer.pending == 0:
+                _remove(self._journal.path)
         if not self.settings.database.url:
             stop_embedded()

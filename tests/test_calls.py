@@ -121,3 +121,24 @@ async def test_database_away_mid_call_loses_nothing(restartable_database, tmp_pa
     got = await rows(restartable_database.url, "SELECT seq, text FROM utterances WHERE call_id = :c ORDER BY seq", c=call.id)
     assert [r["seq"] for r in got] == list(range(len(got))) and len(got) == 2
     assert "password" in got[0]["text"].lower() and "thank you" in got[1]["text"].lower()
+
+
+async def test_speaker_learnt_late_renames_the_leg_and_its_finals(fresh_database_url, tmp_path):
+    s = settings_for(fresh_database_url, tmp_path)
+    async with Runtime(s) as rt:
+        manager = CallManager(s, rt.engine, rt.writer)
+        call = await manager.start_call(CallRecord(id=new_id(), source="siprec", started_at=utcnow()))
+        leg = call.add_leg(speaker="stream 1")
+        await play(leg, impair(packets(np.concatenate([prompt_8k("agent-loginok"), silence(1.0)]))))
+        await asyncio.sleep(1.5)  # the first final is stored under the provisional label
+        leg.set_speaker("Alice <sip:alice@example.com>")
+        call.update_meta(participants=["Alice"])
+        await call.end()
+        await manager.flushed()
+        assert await rt.writer.flush(timeout=30)
+    legs = await rows(fresh_database_url, "SELECT speaker FROM legs WHERE call_id = :c", c=call.id)
+    utts = await rows(fresh_database_url, "SELECT speaker FROM utterances WHERE call_id = :c", c=call.id)
+    meta = await rows(fresh_database_url, "SELECT meta FROM calls WHERE id = :c", c=call.id)
+    assert [r["speaker"] for r in legs] == ["Alice <sip:alice@example.com>"]
+    assert utts and all(r["speaker"] == "Alice <sip:alice@example.com>" for r in utts)
+    assert meta[0]["meta"]["participants"] == ["Alice"]

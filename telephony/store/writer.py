@@ -50,6 +50,8 @@ STAT_COLUMNS = {
     "jitter_ms": "jitter_ms",
 }
 
+PROBE_INTERVAL_S = 5.0
+
 UtteranceHook = Callable[[UtteranceRecord, float], Any]
 
 
@@ -63,13 +65,19 @@ SQL = {
     CallRecord: text(
         "INSERT INTO calls (id, source, external_id, from_uri, to_uri, remote_addr, meta, started_at)"
         " VALUES (:id, :source, :external_id, :from_uri, :to_uri, :remote_addr, CAST(:meta AS jsonb), :started_at)"
-        " ON CONFLICT (id) DO NOTHING"
+        # Submitted again when an endpoint learns more about the call (SIPREC metadata in a re-INVITE).
+        " ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, from_uri = EXCLUDED.from_uri, to_uri = EXCLUDED.to_uri"
     ),
     CallEnd: text("UPDATE calls SET ended_at = :ended_at, status = :status WHERE id = :call_id"),
+    # Submitted again when the speaker is learnt late (SIPREC metadata in a re-INVITE):
+    # the leg and the finals it already has take the new name.
     LegRecord: text(
-        "INSERT INTO legs (id, call_id, ordinal, speaker, role, codec, started_ms, meta)"
+        "WITH leg AS ("
+        " INSERT INTO legs (id, call_id, ordinal, speaker, role, codec, started_ms, meta)"
         " VALUES (:id, :call_id, :ordinal, :speaker, :role, :codec, :started_ms, CAST(:meta AS jsonb))"
-        " ON CONFLICT (id) DO NOTHING"
+        " ON CONFLICT (id) DO UPDATE SET speaker = EXCLUDED.speaker, role = EXCLUDED.role, meta = EXCLUDED.meta"
+        " RETURNING id, speaker)"
+        " UPDATE utterances u SET speaker = leg.speaker FROM leg WHERE u.leg_id = leg.id AND u.speaker <> leg.speaker"
     ),
     # ended_at derives from the call's start and the leg's timeline, not from
     # now(), so a replay hours later stores the same value.
@@ -375,6 +383,7 @@ class RecordWriter:
     # -- output -----------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        await self._probe()
         while True:
             self._work_wake.clear()
             try:
@@ -390,7 +399,12 @@ class RecordWriter:
             if not batch:
                 if self._draining:
                     return
-                await self._work_wake.wait()
+                # Idle: look at the database now and then, so db_up (health, readiness)
+                # tells the truth even when there is nothing to write.
+                try:
+                    await asyncio.wait_for(self._work_wake.wait(), PROBE_INTERVAL_S if self.db_up else self.retry_interval_s)
+                except asyncio.TimeoutError:
+                    await self._probe()
                 continue
             try:
                 await self._write_batch(batch)
@@ -432,6 +446,19 @@ class RecordWriter:
                 await self._advance(seq)
                 continue
             await self._committed([(seq, record)])
+
+    async def _probe(self) -> None:
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            if self.db_up or self.last_error is None:
+                await self._went_down(exc)
+            return
+        if not self.db_up:
+            log.info("PostgreSQL is reachable")
+        self.db_up = True
+        self.last_error = None
 
     async def _committed(self, batch: list[tuple[int, Record]]) -> None:
         now = time.monotonic()
