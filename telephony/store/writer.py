@@ -282,6 +282,7 @@ class RecordWriter:
         )
         self.pending = await asyncio.to_thread(self.journal.count)
         self._unreadable_seen = self.journal.unreadable
+        await self._probe()  # db_up is known from the start (a failure only means: journal meanwhile)
         self._accepting = True
         self._appender = asyncio.create_task(self._append_loop(), name="record-journal")
         self._worker = asyncio.create_task(self._write_loop(), name="record-writer")
@@ -383,7 +384,6 @@ class RecordWriter:
     # -- output -----------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        await self._probe()
         while True:
             self._work_wake.clear()
             try:
