@@ -240,10 +240,15 @@ class SipDialog:
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
-    async def invite(self, body: bytes | str, content_type: str = "application/sdp",
-                     headers: dict[str, str] | None = None, timeout: float = 5.0) -> SipResponse:
+    async def invite(self, body: bytes | str, content_type: str | None = "application/sdp",
+                     headers: dict[str, str] | None = None, timeout: float = 5.0,
+                     ack_body: bytes | str | None = None) -> SipResponse:
+        """Send an INVITE (or re-INVITE once the dialog exists), ACK the final response.
+        ``ack_body``: the SDP answer to carry in the ACK (late offer: INVITE without a body)."""
         if isinstance(body, str):
             body = body.encode()
+        if not body:
+            content_type = None
         branch = "z9hG4bK" + uuid.uuid4().hex[:16]
         self.uac.send_raw(self._request("INVITE", body, content_type, headers, branch=branch))
         invite_cseq = self.cseq
@@ -256,7 +261,8 @@ class SipDialog:
                 self.to_header = to
             if r.status < 300:
                 self.remote_sdp = r.body.decode()
-                self.uac.send_raw(self._request("ACK", cseq=invite_cseq))
+                ack = ack_body.encode() if isinstance(ack_body, str) else (ack_body or b"")
+                self.uac.send_raw(self._request("ACK", ack, "application/sdp" if ack else None, cseq=invite_cseq))
             else:  # non-2xx ACK reuses the INVITE's branch (same transaction)
                 self.uac.send_raw(self._request("ACK", cseq=invite_cseq, branch=branch))
             return r

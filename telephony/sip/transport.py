@@ -22,7 +22,7 @@ from .message import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
-_CL = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", re.I | re.M)
+_CL = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\s]*)[ \t]*\r?$", re.I | re.M)
 
 
 @dataclass(eq=False)

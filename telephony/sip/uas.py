@@ -236,6 +236,9 @@ class UserAgentServer:
         if req.method == "CANCEL":
             self._on_cancel(req, flow)
             return
+        unsupported = sorted(req.tokens("require") - set(SUPPORTED))
+        if unsupported:  # RFC 3261 8.2.2.3: every request but ACK and CANCEL
+            raise SipReject(420, "Bad Extension", {"Unsupported": ", ".join(unsupported)})
         to_tag = req.to_tag
         if to_tag:
             d = self.dialogs.get((req.call_id, to_tag, req.from_tag))
@@ -263,16 +266,12 @@ class UserAgentServer:
 
     # -- INVITE -----------------------------------------------------------
     def _on_invite(self, req: SipRequest, flow: Flow) -> None:
-        unsupported = sorted(req.tokens("require") - set(SUPPORTED))
-        if unsupported:
-            raise SipReject(420, "Bad Extension", {"Unsupported": ", ".join(unsupported)})
         accept = req.values("accept")
         if accept and not any(a.split(";")[0].strip().lower() in ("application/sdp", "application/*", "*/*") for a in accept):
             raise SipReject(406, "Not Acceptable", {"Accept": "application/sdp"})
         se = self._session_expires(req)
-        contact = parse_name_addr((req.values("contact") or [None])[0])
-        if contact is None:
-            raise SipReject(400, "Missing Contact")
+        # RFC 2543 INVITEs may lack Contact: then the From URI is the remote target.
+        contact = parse_name_addr((req.values("contact") or [None])[0]) or parse_name_addr(req.get("from"))
         answer = self.app.on_invite(req, flow)
         if answer.status >= 300:
             self._respond(req, flow, answer.status, answer.reason, extra=answer.headers)
