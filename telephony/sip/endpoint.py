@@ -13,6 +13,7 @@ its media path hides loss from our jitter buffer).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class SipEndpoint:
         self._groups: dict[object, tuple[asyncio.Future, set[CallState]]] = {}
         self._tasks: set[asyncio.Task] = set()
         self.rejected: dict[int, int] = {}  # status -> count, for tests and metrics
+        self.ended = collections.deque(maxlen=256)  # (SIP Call-ID, why, peer address) of recent dialogs
 
     @property
     def port(self) -> int:
@@ -279,6 +281,7 @@ class SipEndpoint:
 
     def on_terminated(self, dialog: Dialog, why: str) -> None:
         st: CallState = dialog.app
+        self.ended.append((dialog.call_id, why, dialog.flow.remote))
         if st is not None:
             log.info("dialog %s ended (%s)", st.sip_call_id, why)
             self._end(st)

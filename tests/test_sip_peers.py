@@ -1,0 +1,143 @@
+"""End to end with independent SIP peers: real speech in, transcripts in PostgreSQL out.
+
+baresip, linphonec, kamailio (record-routing proxy) and pjsua2 (SIPREC
+client, its own process) call the real endpoint of a real service stack:
+CallManager + faster-whisper + the record writer on a real PostgreSQL.
+Everything stays on 127.0.0.1. Peers come from Debian (baresip-core,
+linphone-cli, kamailio); a test is skipped only when its peer is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from telephony.accuracy import wer
+from telephony.calls import CallManager
+from telephony.config import Settings
+from telephony.runtime import Runtime
+from telephony.sip.endpoint import SipEndpoint
+from telephony.sip.loadgen import Impairment, RawUac, read_wav_g711, sdp_offer, send_rtp
+from telephony.sip.settings import SipSettings
+
+from . import sip_peers as peers
+from .speech import prompt_text
+
+pytestmark = pytest.mark.slow
+MAX_WER = 0.2
+
+
+async def rows(url, sql, **params):
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(text(sql), params))]
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def service(url, tmp_path, **sip):
+    s = Settings()
+    s.database.url = url
+    s.service.data_dir = str(tmp_path / "data")
+    async with Runtime(s) as rt:
+        manager = CallManager(s, rt.engine, rt.writer)
+        ep = SipEndpoint(SipSettings(port=0, **sip), manager)
+        await ep.start()
+        try:
+            yield ep, manager
+        finally:
+            await ep.stop()
+            await manager.shutdown()
+            assert await rt.writer.flush(timeout=60)
+
+
+async def transcript(url, speaker=None):
+    sql = "SELECT u.speaker, u.text FROM utterances u ORDER BY u.start_ms"
+    got = await rows(url, sql)
+    return " ".join(r["text"] for r in got if speaker is None or r["speaker"] == speaker)
+
+
+def run(fn, *args):
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+@pytest.mark.skipif(not peers.have("baresip"), reason="baresip-core not installed")
+async def test_baresip_call_is_transcribed(fresh_database_url, tmp_path):
+    async with service(fresh_database_url, tmp_path) as (ep, manager):
+        res = await run(peers.baresip_call, tmp_path / "baresip", f"sip:transcribe@127.0.0.1:{ep.port}",
+                        peers.SOUNDS / "agent-alreadyon.wav", 8)
+        assert "Call established" in res.stdout, res.stdout[-2000:]
+    said = await transcript(fresh_database_url, "baresip")
+    assert wer([prompt_text("agent-alreadyon")], [said]) <= MAX_WER, said
+    call = (await rows(fresh_database_url, "SELECT * FROM calls"))[0]
+    assert call["source"] == "sip" and call["from_uri"] == "sip:baresip@127.0.0.1" and call["status"] == "completed"
+
+
+@pytest.mark.skipif(not peers.have("linphonec"), reason="linphone-cli not installed")
+async def test_linphonec_call_is_transcribed(fresh_database_url, tmp_path):
+    async with service(fresh_database_url, tmp_path) as (ep, manager):
+        out = await run(peers.linphone_call, tmp_path / "linphone", f"sip:transcribe@127.0.0.1:{ep.port}",
+                        peers.SOUNDS / "pbx-invalid.wav", 7)
+        assert "connected" in out, out[-2000:]
+    said = await transcript(fresh_database_url)
+    assert wer([prompt_text("pbx-invalid")], [said]) <= MAX_WER, said
+
+
+@pytest.mark.skipif(not (peers.have("kamailio") and peers.have("baresip")), reason="kamailio/baresip not installed")
+async def test_through_kamailio_record_routing_proxy(fresh_database_url, tmp_path):
+    async with service(fresh_database_url, tmp_path) as (ep, manager):
+        with peers.Kamailio(tmp_path / "kamailio", ep.port) as proxy:
+            res = await run(peers.baresip_call, tmp_path / "baresip", f"sip:transcribe@127.0.0.1:{proxy.port}",
+                            peers.SOUNDS / "agent-pass.wav", 6)
+            assert "Call established" in res.stdout, res.stdout[-2000:]
+            await asyncio.sleep(0.5)
+        # The BYE reached us through the proxy (its address is the dialog's peer), and the call ended on it.
+        assert [(why, peer[1]) for _cid, why, peer in ep.ended] == [("bye", proxy.port)]
+    said = await transcript(fresh_database_url)
+    assert wer([prompt_text("agent-pass")], [said]) <= MAX_WER, said
+    call = (await rows(fresh_database_url, "SELECT * FROM calls"))[0]
+    assert call["remote_addr"] == f"127.0.0.1:{proxy.port}" and call["status"] == "completed"
+
+
+async def test_pjsua2_siprec_two_streams_two_speakers(fresh_database_url, tmp_path):
+    metadata = peers.siprec_metadata(("Alice Caller", "Bob Agent"), ("sip:alice@127.0.0.1", "sip:bob@127.0.0.1"))
+    async with service(fresh_database_url, tmp_path) as (ep, manager):
+        # Stream 1 carries Bob (label 1), stream 2 Alice, the caller (label 2).
+        out = await run(peers.pjsua2_siprec_call, tmp_path / "pjsua2", f"sip:transcribe@127.0.0.1:{ep.port}",
+                        peers.SOUNDS / "conf-onlyperson.wav", peers.SOUNDS / "agent-pass.wav", 6, metadata)
+        assert "STATE CONFIRMED" in out, out[-2000:]
+    assert wer([prompt_text("agent-pass")], [await transcript(fresh_database_url, "Alice Caller")]) <= MAX_WER
+    assert wer([prompt_text("conf-onlyperson")], [await transcript(fresh_database_url, "Bob Agent")]) <= MAX_WER
+    legs = await rows(fresh_database_url, "SELECT speaker, meta FROM legs ORDER BY ordinal")
+    assert [(leg["speaker"], leg["meta"]["label"]) for leg in legs] == [("Bob Agent", "1"), ("Alice Caller", "2")]
+    call = (await rows(fresh_database_url, "SELECT * FROM calls"))[0]
+    assert call["source"] == "siprec" and call["meta"]["siprec_session_id"] == "c2Vzc2lvbi0x"
+    assert {p["name"] for p in call["meta"]["participants"]} == {"Alice Caller", "Bob Agent"}
+
+
+async def test_loss_jitter_reordering_still_transcribed_and_counted(fresh_database_url, tmp_path):
+    wav = peers.SOUNDS / "agent-alreadyon.wav"
+    audio = read_wav_g711(str(wav)) + b"\xff" * 8000  # 1 s of silence after the prompt
+    async with service(fresh_database_url, tmp_path) as (ep, manager):
+        uac = await RawUac(("127.0.0.1", ep.port)).open()
+        d = uac.dialog(display="Lossy Line")
+        assert (await d.invite(sdp_offer(40000, direction="sendrecv"))).status == 200
+        t0 = time.monotonic()
+        sent = await send_rtp(d.media_port(0), audio, impair=Impairment(loss=0.05, reorder=0.05, jitter_ms=40, seed=7))
+        await d.bye()
+        elapsed_ms = (time.monotonic() - t0) * 1000
+        await uac.close()
+    assert sent.dropped > 0 and sent.reordered > 0
+    said = await transcript(fresh_database_url, "Lossy Line")
+    assert wer([prompt_text("agent-alreadyon")], [said]) <= 0.3, said
+    leg = (await rows(fresh_database_url, "SELECT * FROM legs"))[0]
+    assert leg["packets_lost"] == sent.dropped and leg["packets_reordered"] > 0 and leg["silence_ms"] > 0
+    # Leg audio = call time: from the answer to the BYE, plus what was still in the jitter buffer.
+    assert elapsed_ms - 40 <= leg["duration_ms"] <= elapsed_ms + Settings().media.jitter_window_ms + 40
