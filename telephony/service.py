@@ -51,7 +51,22 @@ def build_app(rt: Runtime, manager: CallManager, started: float) -> web.Applicat
     app.router.add_get("/ready", ready)
     app["runtime"] = rt
     app["manager"] = manager
+    _mount_api(app, rt, manager)
     return app
+
+
+def _mount_api(app: web.Application, rt: Runtime, manager: CallManager) -> None:
+    """Transcripts API, caption feeds, pages, OpenAPI and (if enabled) WebRTC signalling."""
+    from .api import ApiSettings, mount
+    from .webrtc import WebRtcGateway, WebRtcSettings
+
+    settings = rt.settings
+    api = getattr(settings, "api", None) or ApiSettings()
+    wrtc = getattr(settings, "webrtc", None) or WebRtcSettings()
+    if manager.bus is None:
+        manager.bus = CaptionBus()
+    gateway = WebRtcGateway(manager, wrtc) if wrtc.enabled else None
+    mount(app, manager=manager, database_url=rt.database_url, settings=api, webrtc=gateway)
 
 
 async def serve(settings: Settings, *, ready_event: asyncio.Event | None = None) -> None:
@@ -88,6 +103,10 @@ async def serve(settings: Settings, *, ready_event: asyncio.Event | None = None)
 async def _start_endpoints(settings: Settings, manager: CallManager, app: web.Application, loop) -> list:
     """Protocol endpoints that are present in this build (SIP, WebRTC)."""
     endpoints = []
+    from .webrtc.signalling import GATEWAY
+
+    if app.get(GATEWAY) is not None:
+        endpoints.append(app[GATEWAY])  # stop() ends every WebRTC session, storing its finals
     try:
         from .sip.endpoint import SipEndpoint
     except ImportError:

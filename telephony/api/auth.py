@@ -1,0 +1,68 @@
+"""Who may call the API: bearer tokens, or (no token configured) loopback clients only.
+
+Browsers cannot put headers on a WebSocket or EventSource, so caption feeds
+also take the token as ``?access_token=``. Without tokens the service trusts
+only loopback peers that address it by a loopback host name: the Host check
+stops a web page from reaching it through DNS rebinding.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from aiohttp import web
+
+from .errors import json_error
+
+PROTECTED = ("/api/", "/webrtc/")
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
+
+
+def _is_loopback(addr: str | None) -> bool:
+    try:
+        return addr is not None and ipaddress.ip_address(addr.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):
+        return host[:host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def presented_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("access_token") or None
+
+
+def auth_middleware(tokens: list[str]):
+    valid = [t.encode() for t in tokens if t]
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if request.method == "OPTIONS" or not request.path.startswith(PROTECTED):
+            return await handler(request)
+        if valid:
+            token = presented_token(request)
+            if token is None:
+                return json_error(401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)",
+                                  headers={"WWW-Authenticate": 'Bearer realm="telephony"'})
+            # Compare with every token in constant time: no early exit that leaks which one matched.
+            ok = False
+            for t in valid:
+                ok |= hmac.compare_digest(t, token.encode())
+            if not ok:
+                return json_error(401, "unauthorized", "invalid bearer token",
+                                  headers={"WWW-Authenticate": 'Bearer realm="telephony", error="invalid_token"'})
+            return await handler(request)
+        if not _is_loopback(request.remote) or _host_name(request.host).lower() not in LOOPBACK_NAMES:
+            return json_error(403, "forbidden", "no API token configured: only loopback clients using a loopback "
+                              "host name may call the API (set api.tokens to open it to others)")
+        return await handler(request)
+
+    return middleware

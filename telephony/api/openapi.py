@@ -1,0 +1,216 @@
+"""The OpenAPI 3.1 description of every HTTP route, served at /openapi.json.
+
+Written by hand next to the routes it describes; tests check that every
+route the app registers is in it and that responses match its schemas.
+"""
+
+from __future__ import annotations
+
+from .. import __version__ as VERSION
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict:
+    return _json(_ref("Error"), description)
+
+
+_UUID = {"type": "string", "format": "uuid"}
+_NULLABLE_STR = {"type": ["string", "null"]}
+_AUTH_ERRORS = {"401": _err("missing or invalid bearer token"),
+                "403": _err("no token configured and the client is not on loopback, or the Origin is not allowed")}
+_CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": _UUID}
+_SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error", "message"],
+              "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+    "Status": {"type": "object", "required": ["status", "accepting_calls", "active_calls", "database"],
+               "properties": {"status": {"type": "string"}, "accepting_calls": {"type": "boolean"},
+                              "active_calls": {"type": "integer"}, "database": {"enum": ["up", "down"]},
+                              "journal_pending": {"type": "integer"}, "asr_backlog": {"type": "integer"},
+                              "uptime_s": {"type": "number"}}},
+    "CallSummary": {
+        "type": "object", "required": ["id", "source", "started_at", "status"],
+        "properties": {
+            "id": _UUID, "source": {"enum": ["sip", "siprec", "webrtc", "file"]},
+            "external_id": _NULLABLE_STR, "from_uri": _NULLABLE_STR, "to_uri": _NULLABLE_STR,
+            "remote_addr": _NULLABLE_STR, "meta": {"type": "object"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "ended_at": {"type": ["string", "null"], "format": "date-time"},
+            "status": {"enum": ["active", "completed", "failed", "rejected"]},
+            "legs": {"type": "integer"}, "utterances": {"type": "integer"},
+            "matches": {"type": "integer", "description": "utterances matching q (only with q)"}}},
+    "Leg": {
+        "type": "object", "required": ["id", "ordinal", "speaker"],
+        "properties": {
+            "id": _UUID, "ordinal": {"type": "integer"}, "speaker": {"type": "string"}, "role": _NULLABLE_STR,
+            "codec": _NULLABLE_STR, "started_ms": {"type": "integer"}, "duration_ms": {"type": ["integer", "null"]},
+            "ended_at": {"type": ["string", "null"]},
+            **{k: {"type": ["integer", "null"]} for k in (
+                "packets_received", "packets_lost", "packets_late", "packets_duplicate", "packets_reordered",
+                "packets_malformed", "silence_ms")},
+            "jitter_ms": {"type": ["number", "null"]}, "stats": {"type": ["object", "null"]},
+            "meta": {"type": "object"}}},
+    "Utterance": {
+        "type": "object", "required": ["id", "leg_id", "speaker", "start_ms", "end_ms", "text"],
+        "properties": {"line": {"type": "integer"}, "id": _UUID, "leg_id": _UUID, "speaker": {"type": "string"},
+                       "start_ms": {"type": "integer"}, "end_ms": {"type": "integer"},
+                       "start_time": {"type": "string"}, "spoken_at": {"type": "string"},
+                       "text": {"type": "string"}, "confidence": {"type": ["number", "null"]}}},
+    "Caption": {
+        "type": "object", "required": ["type"],
+        "properties": {"type": {"enum": ["hello", "partial", "final", "call_start", "call_end"]},
+                       "call_id": _NULLABLE_STR, "leg_id": _NULLABLE_STR, "speaker": _NULLABLE_STR,
+                       "text": {"type": "string"}, "start_ms": {"type": "integer"}, "end_ms": {"type": "integer"},
+                       "confidence": {"type": ["number", "null"]}, "seq": {"type": ["integer", "null"]},
+                       "live": {"type": "boolean"}, "replay": {"type": "boolean"}}},
+    "TrackLabel": {
+        "type": "object", "required": ["speaker"],
+        "properties": {"mid": {"type": "string", "description": "transceiver mid of the track"},
+                       "track_id": {"type": "string", "description": "or the track id (a=msid)"},
+                       "speaker": {"type": "string", "minLength": 1, "maxLength": 64},
+                       "role": {"type": "string", "minLength": 1, "maxLength": 64}}},
+    "Offer": {
+        "type": "object", "required": ["sdp"],
+        "properties": {"type": {"const": "offer"}, "sdp": {"type": "string"},
+                       "tracks": {"type": "array", "items": _ref("TrackLabel")},
+                       "external_id": {"type": "string", "maxLength": 200,
+                                       "description": "the softphone's own call id, stored with the call"},
+                       "meta": {"type": "object", "description": "free-form, at most 4 KiB as JSON"}}},
+    "Session": {
+        "type": "object", "required": ["session_id", "state", "tracks"],
+        "properties": {"session_id": {"type": "string"}, "call_id": _NULLABLE_STR,
+                       "state": {"type": "string"}, "end_reason": _NULLABLE_STR,
+                       "tracks": {"type": "array", "items": {"type": "object", "properties": {
+                           "mid": _NULLABLE_STR, "leg_id": {"type": "string"}, "speaker": {"type": "string"},
+                           "codec": {"type": "string"}, "packets": {"type": "integer"}}}}}},
+}
+SCHEMAS["Call"] = {"allOf": [_ref("CallSummary"), {"type": "object", "properties": {
+    "legs": {"type": "array", "items": _ref("Leg")},
+    "utterances": {"type": "array", "items": _ref("Utterance")}}}]}
+SCHEMAS["Answer"] = {"allOf": [_ref("Session"), {"type": "object", "required": ["type", "sdp", "location"],
+                                                 "properties": {"type": {"const": "answer"}, "sdp": {"type": "string"},
+                                                                "location": {"type": "string"},
+                                                                "captions": {"type": "string"}}}]}
+
+_FEED = {
+    "description": "Caption events as Server-Sent Events (Accept: text/event-stream; `event:` is the type, "
+                   "`data:` a Caption) or a WebSocket (Upgrade: websocket; each text message a Caption). "
+                   "The first event is `hello`. Browsers may pass the token as `access_token`.",
+    "parameters": [{"name": "access_token", "in": "query", "required": False, "schema": {"type": "string"}}],
+    "responses": {"101": {"description": "WebSocket upgrade"},
+                  "200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                  "406": _err("neither a WebSocket upgrade nor Accept: text/event-stream"),
+                  "503": _err("caption feed limit reached"), **_AUTH_ERRORS},
+}
+
+PATHS = {
+    "/health": {"get": {"summary": "Liveness (with database and backlog status)", "security": [],
+                        "responses": {"200": _json(_ref("Status"), "alive")}}},
+    "/ready": {"get": {"summary": "Readiness: accepting calls and database up", "security": [],
+                       "responses": {"200": _json(_ref("Status"), "ready"), "503": _json(_ref("Status"), "not ready")}}},
+    "/openapi.json": {"get": {"summary": "This document", "security": [],
+                              "responses": {"200": {"description": "OpenAPI 3.1",
+                                                    "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    "/webrtc/sessions": {
+        "post": {
+            "summary": "Start a WebRTC session (WHIP-style): SDP offer in, SDP answer out",
+            "description": "Every audio m-line that sends becomes one leg of a new call, labelled by the client "
+                           "per transceiver mid or track id (application/sdp: `?speaker=<mid>:<label>`, repeatable). "
+                           "PCMU is preferred, then PCMA; the answer names one codec per track. ICE is not trickled: "
+                           "send the offer with its candidates gathered.",
+            "parameters": [
+                {"name": "speaker", "in": "query", "required": False, "style": "form", "explode": True,
+                 "schema": {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:.+$"}},
+                 "description": "<mid or track id>:<speaker label> (application/sdp bodies)"},
+                {"name": "external_id", "in": "query", "required": False,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
+            "requestBody": {"required": True, "content": {
+                "application/sdp": {"schema": {"type": "string"}},
+                "application/json": {"schema": _ref("Offer")}}},
+            "responses": {
+                "201": {"description": "answer; Location names the session (DELETE it to hang up)",
+                        "headers": {"Location": {"schema": {"type": "string"}},
+                                    "X-Call-Id": {"schema": _UUID}, "X-Session-Id": {"schema": {"type": "string"}}},
+                        "content": {"application/sdp": {"schema": {"type": "string"}},
+                                    "application/json": {"schema": _ref("Answer")}}},
+                "400": _err("not SDP, malformed SDP or JSON, missing ICE/DTLS attributes, bad labels"),
+                "413": _err("body too large"),
+                "415": _err("content type is neither application/sdp nor application/json"),
+                "422": _err("no usable audio (SIP 488 Not Acceptable Here): nothing sent to us, no common codec, "
+                            "too many tracks"),
+                "503": _err("session limit reached or shutting down (Retry-After)"), **_AUTH_ERRORS}},
+        "get": {"summary": "Live WebRTC sessions",
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "sessions": {"type": "array", "items": _ref("Session")},
+                    "max_sessions": {"type": "integer"}}}, "sessions"), **_AUTH_ERRORS}}},
+    "/webrtc/sessions/{session_id}": {
+        "parameters": [_SESSION_ID],
+        "get": {"summary": "One live session",
+                "responses": {"200": _json(_ref("Session"), "session"), "404": _err("no live session"), **_AUTH_ERRORS}},
+        "delete": {"summary": "End the session: the call ends and every final is stored",
+                   "responses": {"200": _json(_ref("Session"), "ended"), "404": _err("no live session"),
+                                 **_AUTH_ERRORS}}},
+    "/api/calls": {"get": {
+        "summary": "Stored calls, newest first (any source)",
+        "parameters": [
+            {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"},
+             "description": "calls started at or after (ISO 8601; no zone: UTC)"},
+            {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"},
+             "description": "calls started before"},
+            {"name": "source", "in": "query", "schema": {"enum": ["sip", "siprec", "webrtc", "file"]}},
+            {"name": "q", "in": "query", "schema": {"type": "string"},
+             "description": "full-text search on utterances (web search syntax: \"exact words\", -not, or)"},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}],
+        "responses": {"200": _json({"type": "object", "required": ["calls", "count"], "properties": {
+            "calls": {"type": "array", "items": _ref("CallSummary")}, "count": {"type": "integer"}}}, "calls"),
+            "400": _err("bad filter"), "503": _err("database unavailable"), **_AUTH_ERRORS}}},
+    "/api/calls/live": {"get": {
+        "summary": "Calls in progress in this service",
+        "responses": {"200": _json({"type": "object", "required": ["calls", "count"], "properties": {
+            "calls": {"type": "array", "items": {"type": "object"}}, "count": {"type": "integer"}}}, "live calls"),
+            **_AUTH_ERRORS}}},
+    "/api/calls/{call_id}": {"get": {
+        "summary": "One call with its legs (jitter counters) and utterances",
+        "parameters": [_CALL_ID],
+        "responses": {"200": _json(_ref("Call"), "the call"), "400": _err("not a UUID"), "404": _err("no such call"),
+                      "503": _err("database unavailable"), **_AUTH_ERRORS}}},
+    "/api/calls/{call_id}/transcript": {"get": {
+        "summary": "The call's transcript as JSON, plain text or WebVTT",
+        "parameters": [_CALL_ID, {"name": "format", "in": "query", "schema": {"enum": ["json", "text", "vtt"]},
+                                  "description": "default: from Accept (text/vtt, text/plain), else json"}],
+        "responses": {"200": {"description": "transcript", "content": {
+            "application/json": {"schema": {"type": "object", "properties": {
+                "call": {"type": "object"}, "utterances": {"type": "array", "items": _ref("Utterance")}}}},
+            "text/plain": {"schema": {"type": "string"}}, "text/vtt": {"schema": {"type": "string"}}}},
+            "400": _err("bad call id or format"), "404": _err("no such call"), "503": _err("database unavailable"),
+            **_AUTH_ERRORS}}},
+    "/api/captions": {"get": {"summary": "Live captions of every call", **_FEED}},
+    "/api/calls/{call_id}/captions": {"get": {
+        "summary": "Live captions of one call (replays its finals so far; ends after call_end)",
+        **{**_FEED, "parameters": [_CALL_ID, *_FEED["parameters"]],
+           "responses": {**_FEED["responses"], "400": _err("not a UUID"), "404": _err("no such call")}}}},
+}
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Telephony transcription service", "version": VERSION,
+                 "description": "Calls from SIP, SIPREC and WebRTC, transcribed per speaker leg; live captions; "
+                                "stored transcripts. Authentication: `Authorization: Bearer <token>` when api.tokens "
+                                "is set; with no tokens, loopback clients only."},
+        "servers": [{"url": "/"}],
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        # Bearer when api.tokens is set; nothing for loopback clients when it is not.
+        "security": [{"bearer": []}, {}],
+    }

@@ -1,0 +1,17 @@
+"""WebRTC endpoint: HTTP signalling and aiortc peer connections whose audio tracks become live call legs.
+
+    signalling.py  HTTP routes (WHIP-style POST/DELETE, JSON variant)
+    gateway.py     admission (limits, shutdown), the live sessions
+    offer.py       offer checks with clear errors, speaker labels per track
+    session.py     one peer connection = one call; its end paths
+    tap.py         RTP packets of a track → LiveLeg.push_rtp (our jitter buffer, not aiortc's)
+    ice.py         host addresses, remote candidate filter, ICE servers
+    settings.py    WebRtcSettings (the [webrtc] section)
+    bench.py       capacity and caption latency measurements
+"""
+
+from .gateway import Busy, WebRtcGateway
+from .offer import OfferError, OfferNotAcceptable, TrackLabel
+from .settings import WebRtcSettings
+
+__all__ = ["Busy", "OfferError", "OfferNotAcceptable", "TrackLabel", "WebRtcGateway", "WebRtcSettings"]

@@ -1,0 +1,111 @@
+"""The WebRTC endpoint: admits offers, owns the live sessions, ends them all at shutdown.
+
+HTTP-agnostic (``signalling.py`` is the HTTP face), so tests and the
+benchmark can drive it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .ice import CandidateFilter, restrict_host_addresses, rtc_configuration
+from .offer import OfferError, TrackLabel, assign_labels, inspect_offer
+from .session import WebRtcSession
+from .settings import WebRtcSettings
+
+log = logging.getLogger(__name__)
+
+
+class Busy(RuntimeError):
+    """No capacity (session limit) or not accepting calls (shutting down): HTTP 503."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class WebRtcGateway:
+    def __init__(self, manager, settings: WebRtcSettings | None = None):
+        self.manager = manager
+        self.settings = settings or WebRtcSettings()
+        restrict_host_addresses(self.settings.host_addresses)
+        self._filter = CandidateFilter(self.settings.remote_networks)
+        self._configuration = rtc_configuration(self.settings)
+        self.sessions: dict[str, WebRtcSession] = {}
+        self._pending = 0  # offers being negotiated: they hold a slot too
+        self.refused = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.sessions)
+
+    async def start(self) -> None:
+        pass
+
+    def get(self, session_id: str) -> WebRtcSession | None:
+        return self.sessions.get(session_id)
+
+    async def open(self, offer_text: str, labels: dict[str, TrackLabel] | None = None, *,
+                   remote: str | None = None, external_id: str | None = None,
+                   meta: dict | None = None) -> tuple[WebRtcSession, str]:
+        """Negotiate an offer into a live session; returns (session, SDP answer).
+
+        Raises Busy, OfferError (400) or OfferNotAcceptable (422). A refused
+        offer leaves no call behind.
+        """
+        st = self.settings
+        if not self.manager.accepting:
+            raise Busy("shutting down: not accepting new sessions", st.retry_after_s)
+        if len(self.sessions) + self._pending >= st.max_sessions:
+            self.refused += 1
+            raise Busy(f"session limit reached ({st.max_sessions} concurrent sessions)", st.retry_after_s)
+        offer = inspect_offer(offer_text, codecs=st.codecs, max_tracks=st.max_tracks, candidate_filter=self._filter)
+        track_labels = assign_labels(offer, labels or {})
+        self._pending += 1
+        session = WebRtcSession(st, self._configuration, remote=remote)
+        try:
+            answer = await session.negotiate(offer)
+            if not self.manager.accepting:
+                raise Busy("shutting down: not accepting new sessions", st.retry_after_s)
+            await session.attach(self.manager, track_labels, external_id=external_id, meta=meta)
+        except BaseException:
+            await _close_quietly(session)
+            raise
+        finally:
+            self._pending -= 1
+        self.sessions[session.id] = session
+        session.on_ended = self._forget
+        log.info("webrtc session %s: call %s, %d track(s) from %s", session.id, session.call.id,
+                 len(session.taps), remote)
+        return session, answer
+
+    def _forget(self, session: WebRtcSession) -> None:
+        self.sessions.pop(session.id, None)
+
+    async def close(self, session_id: str, reason: str = "ended by client") -> WebRtcSession | None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        await session.end(reason)
+        return session
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Service shutdown: end every session (each call's finals are stored)."""
+        sessions = list(self.sessions.values())
+        if sessions:
+            await asyncio.wait_for(asyncio.gather(*(s.end("service shutdown") for s in sessions),
+                                                  return_exceptions=True), timeout)
+
+
+async def _close_quietly(session: WebRtcSession) -> None:
+    try:
+        if session.call is not None:
+            await session.end("negotiation failed")
+        else:
+            await session.pc.close()
+    except Exception:
+        log.exception("cleaning up refused session %s", session.id)
+
+
+__all__ = ["Busy", "OfferError", "WebRtcGateway"]
