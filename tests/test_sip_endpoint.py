@@ -324,7 +324,8 @@ async def test_loss_and_reordering_show_in_leg_counters():
         await settle(manager)
     stats = records.of(LegEnd)[0].stats
     assert sent.dropped > 0 and sent.reordered > 0
-    assert stats["lost"] == sent.dropped and stats["received"] == sent.sent
+    assert sent.dropped - 2 <= stats["lost"] <= sent.dropped and stats["received"] == sent.sent
+    assert stats["reordered"] > 0
 
 
 def _tcp_exchange(port: int, data: bytes, timeout: float = 1.0) -> bytes:

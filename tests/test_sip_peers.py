@@ -26,7 +26,7 @@ from telephony.sip.loadgen import Impairment, RawUac, read_wav_g711, sdp_offer, 
 from telephony.sip.settings import SipSettings
 
 from . import sip_peers as peers
-from .speech import prompt_text
+from .speech import prompt_8k, prompt_text, silence, write_wav
 
 pytestmark = pytest.mark.slow
 MAX_WER = 0.2
@@ -64,6 +64,14 @@ async def transcript(url, speaker=None):
     return " ".join(r["text"] for r in got if speaker is None or r["speaker"] == speaker)
 
 
+def spoken(tmp_path, name: str):
+    """The prompt as a caller says it: half a second after answering, then a pause before hanging up."""
+    import numpy as np
+
+    pcm = np.concatenate([silence(0.5), prompt_8k(name), silence(1.0)])
+    return write_wav(tmp_path / f"{name}.wav", pcm)
+
+
 def run(fn, *args):
     return asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
@@ -72,7 +80,7 @@ def run(fn, *args):
 async def test_baresip_call_is_transcribed(fresh_database_url, tmp_path):
     async with service(fresh_database_url, tmp_path) as (ep, manager):
         res = await run(peers.baresip_call, tmp_path / "baresip", f"sip:transcribe@127.0.0.1:{ep.port}",
-                        peers.SOUNDS / "agent-alreadyon.wav", 8)
+                        spoken(tmp_path, "agent-alreadyon"), 9)
         assert "Call established" in res.stdout, res.stdout[-2000:]
     said = await transcript(fresh_database_url, "baresip")
     assert wer([prompt_text("agent-alreadyon")], [said]) <= MAX_WER, said
@@ -84,7 +92,7 @@ async def test_baresip_call_is_transcribed(fresh_database_url, tmp_path):
 async def test_linphonec_call_is_transcribed(fresh_database_url, tmp_path):
     async with service(fresh_database_url, tmp_path) as (ep, manager):
         out = await run(peers.linphone_call, tmp_path / "linphone", f"sip:transcribe@127.0.0.1:{ep.port}",
-                        peers.SOUNDS / "pbx-invalid.wav", 7)
+                        spoken(tmp_path, "pbx-invalid"), 7)
         assert "connected" in out, out[-2000:]
     said = await transcript(fresh_database_url)
     assert wer([prompt_text("pbx-invalid")], [said]) <= MAX_WER, said
@@ -95,13 +103,14 @@ async def test_through_kamailio_record_routing_proxy(fresh_database_url, tmp_pat
     async with service(fresh_database_url, tmp_path) as (ep, manager):
         with peers.Kamailio(tmp_path / "kamailio", ep.port) as proxy:
             res = await run(peers.baresip_call, tmp_path / "baresip", f"sip:transcribe@127.0.0.1:{proxy.port}",
-                            peers.SOUNDS / "agent-pass.wav", 6)
+                            spoken(tmp_path, "agent-pass"), 6)
             assert "Call established" in res.stdout, res.stdout[-2000:]
             await asyncio.sleep(0.5)
         # The BYE reached us through the proxy (its address is the dialog's peer), and the call ended on it.
         assert [(why, peer[1]) for _cid, why, peer in ep.ended] == [("bye", proxy.port)]
     said = await transcript(fresh_database_url)
-    assert wer([prompt_text("agent-pass")], [said]) <= MAX_WER, said
+    leg = (await rows(fresh_database_url, "SELECT * FROM legs"))[0]
+    assert wer([prompt_text("agent-pass")], [said]) <= MAX_WER, (said, leg)
     call = (await rows(fresh_database_url, "SELECT * FROM calls"))[0]
     assert call["remote_addr"] == f"127.0.0.1:{proxy.port}" and call["status"] == "completed"
 
@@ -111,7 +120,7 @@ async def test_pjsua2_siprec_two_streams_two_speakers(fresh_database_url, tmp_pa
     async with service(fresh_database_url, tmp_path) as (ep, manager):
         # Stream 1 carries Bob (label 1), stream 2 Alice, the caller (label 2).
         out = await run(peers.pjsua2_siprec_call, tmp_path / "pjsua2", f"sip:transcribe@127.0.0.1:{ep.port}",
-                        peers.SOUNDS / "conf-onlyperson.wav", peers.SOUNDS / "agent-pass.wav", 6, metadata)
+                        spoken(tmp_path, "conf-onlyperson"), spoken(tmp_path, "agent-pass"), 6, metadata)
         assert "STATE CONFIRMED" in out, out[-2000:]
     assert wer([prompt_text("agent-pass")], [await transcript(fresh_database_url, "Alice Caller")]) <= MAX_WER
     assert wer([prompt_text("conf-onlyperson")], [await transcript(fresh_database_url, "Bob Agent")]) <= MAX_WER
@@ -123,8 +132,7 @@ async def test_pjsua2_siprec_two_streams_two_speakers(fresh_database_url, tmp_pa
 
 
 async def test_loss_jitter_reordering_still_transcribed_and_counted(fresh_database_url, tmp_path):
-    wav = peers.SOUNDS / "agent-alreadyon.wav"
-    audio = read_wav_g711(str(wav)) + b"\xff" * 8000  # 1 s of silence after the prompt
+    audio = read_wav_g711(str(spoken(tmp_path, "agent-alreadyon")))
     async with service(fresh_database_url, tmp_path) as (ep, manager):
         uac = await RawUac(("127.0.0.1", ep.port)).open()
         d = uac.dialog(display="Lossy Line")
@@ -138,6 +146,8 @@ async def test_loss_jitter_reordering_still_transcribed_and_counted(fresh_databa
     said = await transcript(fresh_database_url, "Lossy Line")
     assert wer([prompt_text("agent-alreadyon")], [said]) <= 0.3, said
     leg = (await rows(fresh_database_url, "SELECT * FROM legs"))[0]
-    assert leg["packets_lost"] == sent.dropped and leg["packets_reordered"] > 0 and leg["silence_ms"] > 0
+    # A packet dropped at the very start or end leaves no gap to see: at most those two go uncounted.
+    assert sent.dropped - 2 <= leg["packets_lost"] <= sent.dropped
+    assert leg["packets_reordered"] > 0 and leg["silence_ms"] >= leg["packets_lost"] * 20
     # Leg audio = call time: from the answer to the BYE, plus what was still in the jitter buffer.
     assert elapsed_ms - 40 <= leg["duration_ms"] <= elapsed_ms + Settings().media.jitter_window_ms + 40
