@@ -191,14 +191,10 @@ async def bench_latency(settings: Settings, n_legs: int, duration: float) -> dic
     async with Runtime(settings) as rt:
         rt.writer.on_utterance = on_utterance
         manager = CallManager(settings, rt.engine, rt.writer)
-        legs = []
-        for i, script in enumerate(scripts):
-            call = await manager.start_call(CallRecord(id=new_id(), source="file", started_at=utcnow(),
-                                                       external_id=f"bench-leg-{i}", meta={"bench": True}))
-            legs.append((call, call.add_leg(speaker=f"bench-{i}", codec="PCMU"), script))
-            await asyncio.sleep(0.1)  # stagger starts like real traffic: utterance ends do not all coincide
+        legs, senders = [], []
         c0, t0 = time.process_time(), time.perf_counter()
         lateness = 0.0
+        loop_lag = 0.0
 
         async def send(leg, script):
             # Like a socket's receive queue: whatever is due is delivered together.
@@ -213,11 +209,27 @@ async def bench_latency(settings: Settings, n_legs: int, duration: float) -> dic
                 if n < total:
                     await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
 
-        await asyncio.gather(*(send(leg, s) for _, leg, s in legs))
+        async def watch_loop():
+            nonlocal loop_lag
+            while True:
+                t = time.perf_counter()
+                await asyncio.sleep(0.01)
+                loop_lag = max(loop_lag, time.perf_counter() - t - 0.01)
+
+        watcher = asyncio.create_task(watch_loop())
+        for i, script in enumerate(scripts):
+            call = await manager.start_call(CallRecord(id=new_id(), source="file", started_at=utcnow(),
+                                                       external_id=f"bench-leg-{i}", meta={"bench": True}))
+            leg = call.add_leg(speaker=f"bench-{i}", codec="PCMU")
+            legs.append((call, leg, script))
+            senders.append(asyncio.create_task(send(leg, script)))
+            await asyncio.sleep(0.37)  # stagger starts like real traffic: utterance ends do not all coincide
+        await asyncio.gather(*senders)
         await asyncio.gather(*(call.end() for call, _, _ in legs))
         await manager.flushed()
         await rt.writer.flush(timeout=60)
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        watcher.cancel()
         backlog_max = rt.engine.scheduler.stats
     latencies, refs, hyps = [], [], []
     for call, leg, script in legs:
@@ -230,7 +242,9 @@ async def bench_latency(settings: Settings, n_legs: int, duration: float) -> dic
             best = max(script.spans, key=lambda sp: min(e, sp[1]) - max(s, sp[0]))
             if min(e, best[1]) - max(s, best[0]) <= 0:
                 continue  # no speech there (noise): not a latency sample
-            speech_end = leg.t0 + min(e, best[1])
+            # Sender time (when the last packet of that speech was sent); the leg's own
+            # timeline runs a playout delay behind it.
+            speech_end = leg.t0 + min(e - settings.media.jitter_window_ms / 1000, best[1])
             latencies.append(t_commit - speech_end)
     lat = np.array(latencies) if latencies else np.array([float("nan")])
     return {
@@ -244,6 +258,7 @@ async def bench_latency(settings: Settings, n_legs: int, duration: float) -> dic
         "cpu_cores_used": round(cpu / wall, 2),
         "sender_max_late_ms": round(lateness * 1000, 1),
         "clock_max_late_ms": round(manager.clock.max_lateness * 1000, 1),
+        "loop_max_lag_ms": round(loop_lag * 1000, 1),
         "decodes": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in backlog_max.items()},
         "hangover_ms": settings.vad.hangover_ms,
         "beam_size": settings.asr.beam_size,

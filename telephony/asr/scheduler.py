@@ -2,7 +2,9 @@
 
 Worker threads run decodes off the event loop. The policy under load, in order:
 1. Finals before partials: a partial is only started when no final waits and a
-   worker is idle, and each session has at most one partial in flight.
+   worker stays idle for the next final even after the partial starts (a decode
+   cannot be interrupted, so a running partial would delay the final behind it);
+   each session has at most one partial in flight.
 2. Finals are never dropped. They are decoded oldest first (by end of audio).
 3. When more than ``max_queue`` finals wait, finals are decoded greedily
    (beam 1, about twice as fast) until the backlog halves: accuracy gives
@@ -37,6 +39,7 @@ class Job:
 class DecodeScheduler:
     def __init__(self, workers: int, max_queue: int):
         self._workers = workers
+        self._reserve = 1 if workers > 1 else 0  # workers kept free for finals
         self._max_queue = max_queue
         self._heap: list[Job] = []
         self._cv = threading.Condition()
@@ -54,14 +57,18 @@ class DecodeScheduler:
     def finals_waiting(self) -> int:
         return self._finals_waiting
 
+    def _spare(self) -> int:
+        """Workers with nothing to do once the queued jobs are taken."""
+        return self._idle - len(self._heap)
+
     def can_take_partial(self) -> bool:
-        return self._finals_waiting == 0 and self._idle > 0 and not self._closed
+        return self._finals_waiting == 0 and self._spare() > self._reserve and not self._closed
 
     def submit(self, priority: int, order: float, run, done, cancelled=lambda: False) -> bool:
         with self._cv:
             if self._closed:
                 return False
-            if priority == PARTIAL and not (self._finals_waiting == 0 and self._idle > 0):
+            if priority == PARTIAL and not (self._finals_waiting == 0 and self._spare() > self._reserve):
                 self.stats["partials_skipped"] += 1
                 return False
             if priority == FINAL:
@@ -79,10 +86,11 @@ class DecodeScheduler:
                 self._idle += 1
                 while not self._heap and not self._closed:
                     self._cv.wait()
-                self._idle -= 1
                 if not self._heap:
+                    self._idle -= 1
                     return  # closed and drained
                 job = heapq.heappop(self._heap)
+                self._idle -= 1
                 if job.priority == FINAL:
                     self._finals_waiting -= 1
                     if self._degraded and self._finals_waiting <= self._max_queue // 2:
