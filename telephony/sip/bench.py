@@ -1,15 +1,19 @@
-"""SIP media load: N concurrent calls from a raw UAC over loopback into a real endpoint, CPU measured.
+"""SIP load: N concurrent calls from a raw UAC over loopback into a real endpoint; CPU and latency measured.
 
-    python -m telephony.sip.bench --legs 50 --secs 20
-    python -m telephony.sip.bench --legs 4 --secs 20 --loss 0.05 --reorder 0.05 --jitter-ms 30
+    python -m telephony.sip.bench --calls 300 --secs 20                  # ASR off: SIP + RTP + leg pipeline
+    python -m telephony.sip.bench --calls 10 --streams 2 --asr --secs 60 # SIPREC, two legs each, embedded ASR
+    python -m telephony.sip.bench --calls 4 --loss 0.05 --reorder 0.05 --jitter-ms 30
 
-A server process runs ``SipEndpoint`` with the real per-leg media pipeline
-(``CallManager``, ASR off: this measures SIP + RTP + jitter buffer + decode +
-resample). This process places the calls with ``loadgen`` (real speech, an
-Asterisk prompt looped) and reads the server's CPU time with psutil over the
-steady middle of the run. One JSON line on stdout.
+A server process runs ``SipEndpoint`` with the real ``CallManager`` (ASR off, or
+the configured embedded engine). This process places the calls (plain INVITEs,
+or SIPREC INVITEs with a two-stream SDP and rs-metadata), streams real speech
+(Asterisk prompts with pauses, about 70% speech) and reads the server's CPU
+time with psutil over the steady middle of the run. The server reports each
+final's latency (stored-final time minus the time its last audio sample entered
+the pipeline) for the first and second half of the run: a growing second half
+means a backlog. One JSON line on stdout.
 
-The pjsua2 variant of this spike (AudioMediaPort taps) is in git history
+The pjsua2 variant of the media spike (AudioMediaPort taps) is in git history
 (commit 2ee3cc8, ``telephony/sip/spike.py``); its numbers are in the README.
 """
 
@@ -23,11 +27,34 @@ import subprocess
 import sys
 import time
 
-SPEECH = "/usr/share/asterisk/sounds/en/tt-monkeys.wav"
+PROMPTS = ("agent-alreadyon", "pbx-invalid", "conf-onlyperson", "agent-pass", "vm-intro", "conf-getpin",
+           "queue-thankyou", "vm-options")
+SOUNDS = "/usr/share/asterisk/sounds/en"
+
+
+def speech(secs: float, shift: int = 0) -> bytes:
+    """μ-law audio of ``secs`` seconds: prompts separated by 1.2 s pauses (≈70% speech)."""
+    from .loadgen import read_wav_g711
+
+    pause = b"\xff" * int(8000 * 1.2)
+    out = b""
+    i = shift
+    while len(out) < secs * 8000:
+        out += read_wav_g711(f"{SOUNDS}/{PROMPTS[i % len(PROMPTS)]}.wav") + pause
+        i += 1
+    return out[: int(secs * 8000)]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(q * len(v)))], 3)
 
 
 # --------------------------------------------------------------------------- server
-def _server() -> None:
+def _server(asr: bool) -> None:
+    from ..asr import create_engine
     from ..asr.null import NullEngine
     from ..calls import CallManager
     from ..config import Settings
@@ -37,45 +64,88 @@ def _server() -> None:
     class Sink:
         def __init__(self):
             self.legs = []
+            self.finals = []  # (stored at, latency s)
 
         async def submit(self, record):
-            if type(record).__name__ == "LegEnd":
+            kind = type(record).__name__
+            if kind == "LegEnd":
                 self.legs.append(record.stats | {"duration_ms": record.duration_ms})
+            elif kind == "UtteranceRecord" and record.audio_end_monotonic:
+                now = time.monotonic()
+                self.finals.append((now, now - record.audio_end_monotonic))
 
     async def run():
         s = Settings()
-        s.asr.engine = "none"
+        if not asr:
+            s.asr.engine = "none"
         sink = Sink()
-        manager = CallManager(s, NullEngine(), sink)
+        engine = create_engine(s) if asr else NullEngine()
+        manager = CallManager(s, engine, sink)
         sip = SipSettings(port=0, max_calls=2000, rate_limit=0, rtp_port_min=30000, rtp_port_max=40000)
         ep = SipEndpoint(sip, manager)
         await ep.start()
         print(json.dumps({"port": ep.port, "pid": os.getpid()}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # until the driver says stop
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.readline)  # media starts
+        t_media = time.monotonic()
+        await loop.run_in_executor(None, sys.stdin.readline)  # media ended: hang up
+        t_end = time.monotonic()
         await ep.stop()
-        await manager.flushed()
-        print(json.dumps({"legs": sink.legs, "max_lateness_ms": round(manager.clock.max_lateness * 1000, 1)}),
+        await manager.shutdown()
+        await engine.close()
+        mid = (t_media + t_end) / 2
+        first = [lat for t, lat in sink.finals if t < mid]
+        second = [lat for t, lat in sink.finals if mid <= t <= t_end]
+        allf = [lat for _t, lat in sink.finals]
+        print(json.dumps({"legs": sink.legs, "max_lateness_ms": round(manager.clock.max_lateness * 1000, 1),
+                          "finals": len(allf), "p50": _percentile(allf, 0.5), "p95": _percentile(allf, 0.95),
+                          "p95_first_half": _percentile(first, 0.95), "p95_second_half": _percentile(second, 0.95)}),
               flush=True)
 
     asyncio.run(run())
 
 
 # --------------------------------------------------------------------------- driver
-async def _drive(port: int, legs: int, secs: float, impair) -> dict:
-    from .loadgen import RawUac, read_wav_g711, sdp_offer, send_rtp
+def _siprec_body(ports: tuple[int, int], n: int) -> tuple[bytes, str]:
+    from .loadgen import sdp_offer
 
-    audio = read_wav_g711(SPEECH)
-    need = int(secs * 8000)
-    audio = (audio * (need // len(audio) + 1))[:need]
+    sdp = sdp_offer(0, codecs=(0,), streams=[{"port": ports[0], "label": "1"}, {"port": ports[1], "label": "2"}])
+    xml = (f'<?xml version="1.0"?><recording xmlns="urn:ietf:params:xml:ns:recording:1">'
+           f'<session session_id="s{n}"/>'
+           f'<participant participant_id="a{n}"><nameID aor="sip:agent{n}@127.0.0.1"><name>Agent {n}</name></nameID></participant>'
+           f'<participant participant_id="c{n}"><nameID aor="sip:cust{n}@127.0.0.1"><name>Customer {n}</name></nameID></participant>'
+           f'<stream stream_id="x{n}" session_id="s{n}"><label>1</label></stream>'
+           f'<stream stream_id="y{n}" session_id="s{n}"><label>2</label></stream>'
+           f'<participantstreamassoc participant_id="a{n}"><send>x{n}</send></participantstreamassoc>'
+           f'<participantstreamassoc participant_id="c{n}"><send>y{n}</send></participantstreamassoc></recording>')
+    b = "bench-boundary"
+    body = (f"--{b}\r\nContent-Type: application/sdp\r\n\r\n{sdp}\r\n--{b}\r\n"
+            f"Content-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n\r\n{xml}\r\n--{b}--\r\n")
+    return body.encode(), f"multipart/mixed;boundary={b}"
+
+
+async def _drive(port: int, calls: int, streams: int, secs: float, impair, media_started) -> dict:
+    from .loadgen import RawUac, sdp_offer, send_rtp, send_rtp_many
+
+    audio = [speech(secs, shift) for shift in range(streams)]
     uac = await RawUac(("127.0.0.1", port)).open()
     dialogs = []
-    for i in range(legs):
-        d = uac.dialog(display=f"leg{i}")
-        r = await d.invite(sdp_offer(50000 + 2 * i, codecs=(0,), direction="sendrecv"))
+    for i in range(calls):
+        d = uac.dialog(display=f"caller{i}")
+        if streams == 2:
+            body, ctype = _siprec_body((50000 + 4 * i, 50002 + 4 * i), i)
+            r = await d.invite(body, ctype, headers={"Require": "siprec"})
+        else:
+            r = await d.invite(sdp_offer(50000 + 2 * i, codecs=(0,), direction="sendrecv"))
         if r.status != 200:
             raise RuntimeError(f"INVITE {i}: {r.status} {r.reason}")
         dialogs.append(d)
-    sends = [asyncio.create_task(send_rtp(d.media_port(0), audio, impair=impair)) for d in dialogs]
+    media_started()
+    targets = [[d.media_port(k) for d in dialogs] for k in range(streams)]
+    if impair.loss or impair.reorder or impair.jitter_ms:
+        sends = [send_rtp(addr, audio[k], impair=impair) for k in range(streams) for addr in targets[k]]
+    else:
+        sends = [send_rtp_many(targets[k], audio[k]) for k in range(streams)]
     stats = await asyncio.gather(*sends)
     for d in dialogs:
         await d.bye()
@@ -85,7 +155,7 @@ async def _drive(port: int, legs: int, secs: float, impair) -> dict:
 
 
 def _json_line(proc) -> dict:
-    """pjlib prints its banner on stdout whatever the log level: skip to our JSON."""
+    """Skip anything else the server prints (library banners) up to our JSON."""
     while True:
         line = proc.stdout.readline()
         if not line:
@@ -95,8 +165,10 @@ def _json_line(proc) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--legs", type=int, default=20)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", "--legs", type=int, default=20, dest="calls")
+    ap.add_argument("--streams", type=int, choices=(1, 2), default=1, help="2: SIPREC calls with two legs each")
+    ap.add_argument("--asr", action="store_true", help="run the embedded ASR (default: ASR off)")
     ap.add_argument("--secs", type=float, default=20)
     ap.add_argument("--loss", type=float, default=0)
     ap.add_argument("--reorder", type=float, default=0)
@@ -104,48 +176,50 @@ def main(argv=None) -> None:
     ap.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.server:
-        _server()
+        _server(a.asr)
         return
     import psutil
 
     from .loadgen import Impairment
 
-    proc = subprocess.Popen([sys.executable, "-m", "telephony.sip.bench", "--server"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server_cmd = os.environ.get("TELEPHONY_BENCH_SERVER")  # e.g. a profiling wrapper
+    cmd = server_cmd.split() if server_cmd else [sys.executable, "-m", "telephony.sip.bench", "--server"]
+    proc = subprocess.Popen(cmd + (["--asr"] if a.asr else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         hello = _json_line(proc)
         ps = psutil.Process(hello["pid"])
-        idle0 = ps.cpu_times()
-        time.sleep(2)
-        idle1 = ps.cpu_times()
+
+        def signal_server():
+            proc.stdin.write("\n")
+            proc.stdin.flush()
 
         async def drive():
-            task = asyncio.create_task(_drive(hello["port"], a.legs, a.secs,
-                                              Impairment(a.loss, a.reorder, a.jitter_ms)))
-            await asyncio.sleep(min(3.0, a.secs / 4) + a.legs * 0.01)  # calls set up, media flowing
+            task = asyncio.create_task(_drive(hello["port"], a.calls, a.streams, a.secs,
+                                              Impairment(a.loss, a.reorder, a.jitter_ms), signal_server))
+            await asyncio.sleep(min(3.0, a.secs / 4) + a.calls * 0.01)  # calls set up, media flowing
             c0, t0 = ps.cpu_times(), time.monotonic()
             await asyncio.sleep(a.secs / 2)
             c1, t1 = ps.cpu_times(), time.monotonic()
+            rss = ps.memory_info().rss
             sent = await task
-            return sent, (c1.user + c1.system - c0.user - c0.system) / (t1 - t0)
+            return sent, (c1.user + c1.system - c0.user - c0.system) / (t1 - t0), rss
 
-        sent, cpu = asyncio.run(drive())
-        idle = (idle1.user + idle1.system - idle0.user - idle0.system) / 2
-        rss = ps.memory_info().rss
-        proc.stdin.write("\n")
-        proc.stdin.flush()
+        sent, cpu, rss = asyncio.run(drive())
+        signal_server()
         done = _json_line(proc)
-        legs = done["legs"]
     finally:
-        proc.stdin.close() if not proc.stdin.closed else None
-        proc.wait(30)
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        proc.wait(60)
+    legs = done.pop("legs")
     keys = ("received", "lost", "late", "reordered", "silence_ms", "duration_ms")
     total = {k: sum(leg.get(k, 0) for leg in legs) for k in keys}
-    print(json.dumps({"legs": a.legs, "secs": a.secs, "impair": [a.loss, a.reorder, a.jitter_ms],
-                      "cpu_cores": round(cpu, 4), "cpu_pct_per_leg": round(100 * (cpu - idle) / max(1, a.legs), 3),
-                      "idle_cpu_cores": round(idle, 4), "rss_mb": round(rss / 2**20, 1), "sent": sent,
-                      "pipeline": total, "legs_seen": len(legs),
-                      "clock_max_lateness_ms": done["max_lateness_ms"]}))
+    n_legs = a.calls * a.streams
+    print(json.dumps({"calls": a.calls, "legs": n_legs, "asr": a.asr, "secs": a.secs,
+                      "impair": [a.loss, a.reorder, a.jitter_ms], "cpu_cores": round(cpu, 3),
+                      "cpu_pct_per_leg": round(100 * cpu / max(1, n_legs), 3),
+                      "rss_mb": round(rss / 2**20, 1), "sent": sent, "pipeline": total, "legs_seen": len(legs),
+                      "load_avg": os.getloadavg()[0], **done}))
 
 
 if __name__ == "__main__":
