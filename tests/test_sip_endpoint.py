@@ -431,3 +431,53 @@ async def test_call_over_tcp():
         await settle(manager)
     assert records.of(LegRecord)[0].speaker == "Tcp Caller"
     assert records.of(LegEnd)[0].stats["received"] == sent.sent
+
+
+async def test_no_ack_means_bye_and_the_call_ends(monkeypatch):
+    import telephony.sip.uas as uas
+
+    monkeypatch.setattr(uas, "TX_LIFETIME", 1.5)  # 64*T1 shortened: the UAC "never" ACKs
+    async with running() as (ep, uac, records, manager):
+        d = uac.dialog()
+        d.uac.send_raw(d._request("INVITE", sdp_offer(40000).encode(), "application/sdp"))  # no ACK will follow
+        await asyncio.sleep(2.5)
+        await manager.flushed()
+        assert len(records.of(CallEnd)) == 1
+        assert [why for _cid, why, _peer in ep.ended] == ["ack-timeout"]
+
+
+async def test_hang_up_before_any_audio_still_stores_the_leg():
+    async with running() as (ep, uac, records, manager):
+        d = uac.dialog()
+        await d.invite(sdp_offer(40000))
+        await d.bye()
+        await settle(manager)
+    end = records.of(LegEnd)[0]
+    assert end.stats["received"] == 0 and records.of(CallEnd)[0].status == "completed"
+
+
+async def test_rtp_ports_exhausted_is_503_not_a_crash():
+    async with running(rtp_port_min=47000, rtp_port_max=47001) as (ep, uac, records, manager):
+        assert (await uac.dialog().invite(sdp_offer(40000))).status == 200
+        r = await uac.dialog().invite(sdp_offer(40002))
+        assert r.status == 503 and r.get("Retry-After")
+        assert (await uac.dialog().request("OPTIONS")).status == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    "ctype,body,status",
+    [
+        ("multipart/mixed", b"--x\r\n\r\n", 400),
+        ("multipart/mixed;boundary=x", b"--x\r\nContent-Type: application/sdp\r\n\r\n" + sdp_offer(4000).encode()
+         + b"\r\n--x\r\nContent-Type: application/rs-metadata+xml\r\n\r\n<recording><oops></recording>\r\n--x--\r\n", 400),
+        ("application/json", b"{}", 415),
+        ("application/sdp", b"v=0\r\nthis is not sdp\r\n", 400),
+    ],
+)
+async def test_bad_bodies_get_sip_errors_and_the_endpoint_goes_on(ctype, body, status):
+    async with running() as (ep, uac, records, manager):
+        r = await uac.dialog().invite(body, ctype, headers={"Require": "siprec"})
+        assert r.status == status and r.reason
+        assert (await uac.dialog().invite(sdp_offer(40000))).status == 200
+        await settle(manager)
+    assert ep.uas.counters["errors"] == 0 and len(records.of(CallRecord)) == 1

@@ -1,16 +1,12 @@
-"""Who may open a call: source allow-list, per-source request rate, concurrent-call cap.
+"""Who may talk to the endpoint: a source allow-list (CIDR) and a per-source request rate.
 
-Each check answers with the SIP response to send, so the SIP thread never
-raises for a refused request and no call is created for it.
+The endpoint turns a refusal into 403 / 503 + Retry-After before any call exists.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass
-
-from .errors import SipReject
 
 
 class AllowList:
@@ -56,24 +52,3 @@ class RateLimiter:
         full = [s for s, (t, last) in self._buckets.items() if t + (now - last) * self.rate >= self.burst]
         for s in full or list(self._buckets)[: len(self._buckets) // 2]:
             del self._buckets[s]
-
-
-@dataclass
-class Admission:
-    """The checks an INVITE passes before we create anything, in order."""
-
-    allow: AllowList
-    limiter: RateLimiter
-    max_calls: int
-    retry_after_s: int = 5
-
-    def check(self, source_ip: str, active_calls: int, accepting: bool = True) -> None:
-        """Raise ``SipReject`` (403 / 503 + Retry-After) when the INVITE must be refused."""
-        if not self.allow.allows(source_ip):
-            raise SipReject(403, "Source not allowed")
-        if not accepting:
-            raise SipReject(503, "Shutting down", {"Retry-After": str(self.retry_after_s)})
-        if not self.limiter.allow(source_ip):
-            raise SipReject(503, "Rate limit exceeded", {"Retry-After": "1"})
-        if active_calls >= self.max_calls:
-            raise SipReject(503, "Too many calls", {"Retry-After": str(self.retry_after_s)})

@@ -40,10 +40,6 @@ class Flow:
         except Exception as exc:  # a closed TCP connection, an unreachable UDP peer: nothing to do
             log.debug("send to %s failed: %s", self.remote, exc)
 
-    @property
-    def alive(self) -> bool:
-        return True
-
 
 Handler = Callable[[bytes, Flow, bool], None]  # (message bytes, flow, framed-by-stream)
 
@@ -132,7 +128,6 @@ class SipTransport:
         self._udp = None
         self._tcp_server = None
         self._connections: set[_Tcp] = set()
-        self.udp_flow_send = None
 
     async def start(self, host: str, port: int, udp: bool = True, tcp: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -160,10 +155,6 @@ class SipTransport:
                     self._udp = None
                 if port != 0 or attempt == 19:
                     raise
-
-    def send_udp(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._udp is not None:
-            self._udp.sendto(data, addr)
 
     async def close(self) -> None:
         if self._udp is not None:

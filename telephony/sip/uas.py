@@ -286,7 +286,7 @@ class UserAgentServer:
         extra = self._dialog_headers(d, req) + answer.headers
         data = response_for(req, answer.status, answer.reason or "OK", to_tag=local_tag, extra=extra,
                             body=answer.sdp or b"", content_type="application/sdp" if answer.sdp else None,
-                            source=self._source(flow))
+                            source=flow.remote)
         self._server_tx[_tx_key(req)].response = data
         d._pending_2xx = _Retransmit(flow, data, on_timeout=lambda: self._ack_timeout(d))
         self._arm_session_timer(d)
@@ -317,9 +317,6 @@ class UserAgentServer:
         port = self.transport.ports.get(flow.transport.lower()) or next(iter(self.transport.ports.values()))
         tp = ";transport=tcp" if flow.transport == "TCP" else ""
         return f"<sip:{self.user}@{self.announce}:{port}{tp}>"
-
-    def _source(self, flow: Flow):
-        return flow.remote
 
     def _on_ack(self, req: SipRequest, key) -> None:
         tx = self._server_tx.get(key)
@@ -370,7 +367,7 @@ class UserAgentServer:
             answer = self.app.on_reoffer(d, req)
             extra = (self._dialog_headers(d, req) if answer.status < 300 else []) + answer.headers
             data = response_for(req, answer.status, answer.reason or "OK", extra=extra, body=answer.sdp or b"",
-                                content_type="application/sdp" if answer.sdp else None, source=self._source(flow))
+                                content_type="application/sdp" if answer.sdp else None, source=flow.remote)
             self._server_tx[_tx_key(req)].response = data
             if m == "INVITE" and answer.status < 300:
                 if d._pending_2xx is not None:
@@ -447,7 +444,7 @@ class UserAgentServer:
         if req.method == "ACK":
             return
         data = response_for(req, status, reason, to_tag=None if req.to_tag else uuid.uuid4().hex[:10],
-                            extra=extra, source=self._source(flow))
+                            extra=extra, source=flow.remote)
         key = _tx_key(req)
         tx = self._server_tx.get(key)
         if tx is None:
