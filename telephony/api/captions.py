@@ -209,7 +209,8 @@ async def _next(events, stop: asyncio.Task | None, ping=None):
     try:
         while True:
             waiting = {task} if stop is None else {task, stop}
-            done, _ = await asyncio.wait(waiting, timeout=SSE_PING_S if ping else None)
+            done, _ = await asyncio.wait(waiting, timeout=SSE_PING_S if ping else None,
+                                         return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 try:
                     return task.result()

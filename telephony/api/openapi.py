@@ -22,6 +22,7 @@ def _err(description: str) -> dict:
 
 
 _UUID = {"type": "string", "format": "uuid"}
+_MOMENT = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}]}
 _NULLABLE_STR = {"type": ["string", "null"]}
 _AUTH_ERRORS = {"401": _err("missing or invalid bearer token"),
                 "403": _err("no token configured and the client is not on loopback, or the Origin is not allowed")}
@@ -79,7 +80,7 @@ SCHEMAS = {
                        "role": {"type": "string", "minLength": 1, "maxLength": 64}}},
     "Offer": {
         "type": "object", "required": ["sdp"],
-        "properties": {"type": {"const": "offer"}, "sdp": {"type": "string"},
+        "properties": {"type": {"const": "offer"}, "sdp": {"type": "string", "minLength": 1},
                        "tracks": {"type": "array", "items": _ref("TrackLabel")},
                        "external_id": {"type": "string", "maxLength": 200,
                                        "description": "the softphone's own call id, stored with the call"},
@@ -161,10 +162,9 @@ PATHS = {
     "/api/calls": {"get": {
         "summary": "Stored calls, newest first (any source)",
         "parameters": [
-            {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"},
-             "description": "calls started at or after (ISO 8601; no zone: UTC)"},
-            {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"},
-             "description": "calls started before"},
+            {"name": "since", "in": "query", "schema": _MOMENT,
+             "description": "calls started at or after (RFC 3339 date-time, or a date: midnight UTC)"},
+            {"name": "until", "in": "query", "schema": _MOMENT, "description": "calls started before"},
             {"name": "source", "in": "query", "schema": {"enum": ["sip", "siprec", "webrtc", "file"]}},
             {"name": "q", "in": "query", "schema": {"type": "string"},
              "description": "full-text search on utterances (web search syntax: \"exact words\", -not, or)"},

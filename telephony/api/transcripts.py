@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -21,6 +22,8 @@ from .errors import json_error, json_response
 log = logging.getLogger(__name__)
 
 ENGINE = web.AppKey("api_db_engine", AsyncEngine)
+# RFC 3339 (what OpenAPI's date-time means) or a bare date; Python then checks the calendar.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2}))?$")
 _ACCEPT = {"text/vtt": "vtt", "text/plain": "text", "application/json": "json"}
 
 
@@ -30,6 +33,10 @@ def add_routes(app: web.Application, manager) -> None:
     app.router.add_get("/api/calls/live", h.live)
     app.router.add_get("/api/calls/{call_id}", h.get)
     app.router.add_get("/api/calls/{call_id}/transcript", h.transcript)
+
+
+def _upper(value: str | None) -> str | None:
+    return value.upper() if value else value  # 't'/'z' are RFC 3339 too; fromisoformat wants 'T'/'Z'
 
 
 class _Handlers:
@@ -59,13 +66,20 @@ class _Handlers:
         unknown = sorted(set(q) - {"since", "until", "source", "q", "limit", "access_token"})
         if unknown:
             return json_error(400, "bad_request", f"unknown query parameters: {', '.join(unknown)}")
+        empty = [k for k in ("since", "until", "source", "limit") if k in q and not q[k].strip()]
+        if empty:
+            return json_error(400, "bad_request", f"empty value for {', '.join(empty)}: give a value or leave it out")
+        for name in ("since", "until"):
+            if name in q and not _RFC3339.match(q[name]):
+                return json_error(400, "bad_request", f"{name} must be an RFC 3339 date-time "
+                                  f"(2026-11-23T09:00:00Z) or a date (2026-11-23), got {q[name][:40]!r}")
         raw = q.get("limit", "50")
         try:
             limit = int(raw)
         except ValueError:
             return json_error(400, "bad_request", f"limit must be an integer within 1..{MAX_LIMIT}, got {raw[:40]!r}")
-        rows, err = await self._query(list_calls(self.db, since=q.get("since") or None, until=q.get("until") or None,
-                                                 source=q.get("source") or None, phrase=q.get("q"), limit=limit))
+        rows, err = await self._query(list_calls(self.db, since=_upper(q.get("since")), until=_upper(q.get("until")),
+                                                 source=q.get("source"), phrase=q.get("q"), limit=limit))
         return err or json_response({"calls": rows, "count": len(rows)})
 
     async def live(self, request: web.Request) -> web.Response:
