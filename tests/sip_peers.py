@@ -40,8 +40,18 @@ def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
             proc.wait(timeout)
 
 
-def baresip_call(workdir: Path, uri: str, wav: Path, seconds: float) -> subprocess.CompletedProcess:
-    """Call ``uri``, play ``wav`` (aufile source), hang up after ``seconds`` (BYE on quit)."""
+def require(binary: str, package: str) -> None:
+    """A peer the suite needs: fail loudly (not skip) when its Debian package is missing."""
+    import pytest
+
+    if not have(binary):
+        pytest.fail(f"{binary} not found: apt-get install {package} (scripts/test.sh installs it)")
+
+
+def baresip_call(workdir: Path, uri: str, wav: Path, seconds: float, user: str = "baresip",
+                 auth_pass: str | None = None) -> subprocess.CompletedProcess:
+    """Call ``uri``, play ``wav`` (aufile source), hang up after ``seconds`` (BYE on quit).
+    ``auth_pass``: answer digest challenges as ``user`` with this password."""
     workdir.mkdir(parents=True, exist_ok=True)
     rtp = free_port() & ~1
     (workdir / "config").write_text(textwrap.dedent(f"""\
@@ -58,7 +68,8 @@ def baresip_call(workdir: Path, uri: str, wav: Path, seconds: float) -> subproce
         module_app		account.so
         module_app		menu.so
         """))
-    (workdir / "accounts").write_text("<sip:baresip@127.0.0.1>;regint=0;audio_codecs=PCMU/8000\n")
+    auth = f";auth_pass={auth_pass}" if auth_pass else ""
+    (workdir / "accounts").write_text(f"<sip:{user}@127.0.0.1>;regint=0;audio_codecs=PCMU/8000{auth}\n")
     return subprocess.run(["baresip", "-f", str(workdir), "-e", f"/dial {uri}", "-t", str(int(seconds))],
                           capture_output=True, text=True, timeout=seconds + 20)
 

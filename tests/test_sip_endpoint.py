@@ -481,3 +481,20 @@ async def test_bad_bodies_get_sip_errors_and_the_endpoint_goes_on(ctype, body, s
         assert (await uac.dialog().invite(sdp_offer(40000))).status == 200
         await settle(manager)
     assert ep.uas.counters["errors"] == 0 and len(records.of(CallRecord)) == 1
+
+
+async def test_digest_authentication_of_invites():
+    from telephony.sip.auth import authorization
+
+    async with running(auth_user="trunk", auth_password="s3cret") as (ep, uac, records, manager):
+        d = uac.dialog()
+        r = await d.invite(sdp_offer(40000))
+        assert r.status == 401 and "Digest" in r.get("WWW-Authenticate")
+        uri = f"sip:transcribe@127.0.0.1:{ep.port}"
+        bad = await d.invite(sdp_offer(40000), headers={"Authorization": authorization(r.get("WWW-Authenticate"), "trunk", "nope", "INVITE", uri)})
+        assert bad.status == 401
+        ok = await d.invite(sdp_offer(40000), headers={"Authorization": authorization(r.get("WWW-Authenticate"), "trunk", "s3cret", "INVITE", uri)})
+        assert ok.status == 200
+        await d.bye()
+        await settle(manager)
+    assert len(records.of(CallRecord)) == 1

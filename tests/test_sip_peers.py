@@ -4,7 +4,7 @@ baresip, linphonec, kamailio (record-routing proxy) and pjsua2 (SIPREC
 client, its own process) call the real endpoint of a real service stack:
 CallManager + faster-whisper + the record writer on a real PostgreSQL.
 Everything stays on 127.0.0.1. Peers come from Debian (baresip-core,
-linphone-cli, kamailio); a test is skipped only when its peer is not installed.
+linphone-cli, kamailio); a missing one fails its test with the package to install.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def run(fn, *args):
     return asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-@pytest.mark.skipif(not peers.have("baresip"), reason="baresip-core not installed")
 async def test_baresip_call_is_transcribed(fresh_database_url, tmp_path):
+    peers.require("baresip", "baresip-core")
     async with service(fresh_database_url, tmp_path) as (ep, manager):
         res = await run(peers.baresip_call, tmp_path / "baresip", f"sip:transcribe@127.0.0.1:{ep.port}",
                         spoken(tmp_path, "agent-alreadyon"), 9)
@@ -88,8 +88,8 @@ async def test_baresip_call_is_transcribed(fresh_database_url, tmp_path):
     assert call["source"] == "sip" and call["from_uri"] == "sip:baresip@127.0.0.1" and call["status"] == "completed"
 
 
-@pytest.mark.skipif(not peers.have("linphonec"), reason="linphone-cli not installed")
 async def test_linphonec_call_is_transcribed(fresh_database_url, tmp_path):
+    peers.require("linphonec", "linphone-cli")
     async with service(fresh_database_url, tmp_path) as (ep, manager):
         out = await run(peers.linphone_call, tmp_path / "linphone", f"sip:transcribe@127.0.0.1:{ep.port}",
                         spoken(tmp_path, "pbx-invalid"), 7)
@@ -98,8 +98,9 @@ async def test_linphonec_call_is_transcribed(fresh_database_url, tmp_path):
     assert wer([prompt_text("pbx-invalid")], [said]) <= MAX_WER, said
 
 
-@pytest.mark.skipif(not (peers.have("kamailio") and peers.have("baresip")), reason="kamailio/baresip not installed")
 async def test_through_kamailio_record_routing_proxy(fresh_database_url, tmp_path):
+    peers.require("kamailio", "kamailio")
+    peers.require("baresip", "baresip-core")
     async with service(fresh_database_url, tmp_path) as (ep, manager):
         with peers.Kamailio(tmp_path / "kamailio", ep.port) as proxy:
             res = await run(peers.baresip_call, tmp_path / "baresip", f"sip:transcribe@127.0.0.1:{proxy.port}",
@@ -151,3 +152,14 @@ async def test_loss_jitter_reordering_still_transcribed_and_counted(fresh_databa
     assert leg["packets_reordered"] > 0 and leg["silence_ms"] >= leg["packets_lost"] * 20
     # Leg audio = call time: from the answer to the BYE, plus what was still in the jitter buffer.
     assert elapsed_ms - 40 <= leg["duration_ms"] <= elapsed_ms + Settings().media.jitter_window_ms + 40
+
+
+async def test_baresip_answers_our_digest_challenge(fresh_database_url, tmp_path):
+    peers.require("baresip", "baresip-core")
+    async with service(fresh_database_url, tmp_path, auth_user="trunk", auth_password="s3cret") as (ep, manager):
+        res = await run(peers.baresip_call, tmp_path / "baresip", f"sip:transcribe@127.0.0.1:{ep.port}",
+                        spoken(tmp_path, "agent-pass"), 6, "trunk", "s3cret")
+        assert "Call established" in res.stdout, res.stdout[-2000:]
+        assert ep.rejected.get(401) == 1  # challenged once, then admitted
+    said = await transcript(fresh_database_url, "trunk")
+    assert wer([prompt_text("agent-pass")], [said]) <= MAX_WER, said

@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..records import CallRecord, new_id, utcnow
+from .auth import DigestAuth
 from .errors import SipReject
 from .media import PortAllocator, RtpStream
 from .message import NameAddr, SipRequest, parse_name_addr
@@ -87,6 +88,7 @@ class SipEndpoint:
         self.loop = loop
         self.allow = AllowList(s.allow)
         self.limiter = RateLimiter(s.rate_limit, s.rate_burst)
+        self.auth = DigestAuth(s.auth_realm, s.auth_user, s.auth_password) if s.auth_password else None
         self.allocator = PortAllocator(s.host, s.rtp_port_min, s.rtp_port_max)
         self.uas = UserAgentServer(self, host=s.host, announce=s.announce, user=s.user,
                                    session_expires=s.session_expires_s, min_se=s.min_se_s,
@@ -153,6 +155,10 @@ class SipEndpoint:
             raise SipReject(503, "Shutting down", {"Retry-After": str(s.retry_after_s)})
         if len(self.calls) >= s.max_calls:
             raise SipReject(503, "Too many calls", {"Retry-After": str(s.retry_after_s)})
+        if self.auth is not None:
+            verdict = self.auth.check("INVITE", req.get("authorization"))
+            if verdict != "ok":
+                raise SipReject(401, "Unauthorized", {"WWW-Authenticate": self.auth.challenge(stale=verdict == "stale")})
         body = parse_invite_body(req.get("content-type"), req.body) if req.body.strip() else None
         siprec = "siprec" in req.tokens("require") or (body is not None and body.is_siprec)
         correlation = None

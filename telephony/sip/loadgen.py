@@ -283,7 +283,7 @@ class SipDialog:
             if r.status < 200:
                 continue
             to = r.get("To") or r.get("t")
-            if to:
+            if to and r.status < 300:  # a failed INVITE creates no dialog: a retry starts without a To tag
                 self.to_header = to
             if r.status < 300:
                 self.remote_sdp = r.body.decode()

@@ -29,11 +29,12 @@ class SipSettings:
     speaker_from: str = "display"  # plain calls: label the leg from the From "display" name, its "user", or "fixed"
     speaker_fixed: str = "caller"
     siprec_fallback_speakers: list[str] = field(default_factory=lambda: ["caller", "callee"])  # no metadata: by stream order
+    auth_user: str = ""  # digest authentication of INVITEs (RFC 3261 22) when auth_password is set
+    auth_password: str = ""
+    auth_realm: str = "telephony"
     session_expires_s: int = 1800  # RFC 4028 session timers (offered when the peer supports them)
     min_se_s: int = 90
     max_streams: int = 4  # audio streams accepted per INVITE (SIPREC: one per participant)
-    log_level: int = 1  # pjsip's own log level (0-6) on stderr
-    media: str = "rtp"  # rtp: our own sockets announced in the SDP | port: pjsua2 AudioMediaPort (spike only)
 
     @property
     def announce(self) -> str:
