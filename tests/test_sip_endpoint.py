@@ -498,3 +498,14 @@ async def test_digest_authentication_of_invites():
         await d.bye()
         await settle(manager)
     assert len(records.of(CallRecord)) == 1
+
+
+def test_settings_from_the_service_config_section():
+    from types import SimpleNamespace
+
+    from telephony.sip.endpoint import sip_settings
+
+    cfg = SimpleNamespace(sip=SimpleNamespace(port=5070, allow="10.0.0.0/8, 127.0.0.1/32", max_calls=7))
+    s = sip_settings(cfg)
+    assert (s.port, s.allow, s.max_calls, s.user) == (5070, ["10.0.0.0/8", "127.0.0.1/32"], 7, "transcribe")
+    assert sip_settings(SimpleNamespace()).port == 5060

@@ -74,7 +74,10 @@ def sip_settings(settings) -> SipSettings:
     if sip is not None:  # telephony/config.py's own [sip] dataclass: same field names
         for name in base.__dataclass_fields__:
             if hasattr(sip, name):
-                setattr(base, name, getattr(sip, name))
+                value = getattr(sip, name)
+                if isinstance(getattr(base, name), list) and isinstance(value, str):
+                    value = [v.strip() for v in value.split(",") if v.strip()]  # from an environment variable
+                setattr(base, name, value)
     return base
 
 
