@@ -222,3 +222,4 @@ async def _next(events, stop: asyncio.Task | None, ping=None):
     finally:
         if not task.done():
             task.cancel()
+            await asyncio.wait({task})  # let the generator unwind before anyone closes it
