@@ -72,6 +72,12 @@ class AsrSettings:
     language: str = "en"
 
 
+# The endpoints' sections live beside their code; they are part of the same file and environment.
+from .api.settings import ApiSettings  # noqa: E402
+from .sip.settings import SipSettings  # noqa: E402
+from .webrtc.settings import WebRtcSettings  # noqa: E402
+
+
 @dataclass
 class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
@@ -79,6 +85,9 @@ class Settings:
     media: MediaSettings = field(default_factory=MediaSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     asr: AsrSettings = field(default_factory=AsrSettings)
+    sip: SipSettings = field(default_factory=SipSettings)
+    webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -103,6 +112,13 @@ class Settings:
 
 def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
     kind = type(current)
+    if kind is list:
+        # Environment: comma-separated ("127.0.0.0/8,10.0.0.0/8"); TOML: a list.
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{section}.{key}: expected a list of strings, got {value!r}")
     try:
         if kind is bool:
             if isinstance(value, str):
