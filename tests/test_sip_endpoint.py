@@ -509,3 +509,21 @@ def test_settings_from_the_service_config_section():
     s = sip_settings(cfg)
     assert (s.port, s.allow, s.max_calls, s.user) == (5070, ["10.0.0.0/8", "127.0.0.1/32"], 7, "transcribe")
     assert sip_settings(SimpleNamespace()).port == 5060
+
+
+async def test_audio_queued_at_hang_up_is_not_thrown_away():
+    from telephony.rtp import build_rtp
+
+    async with running() as (ep, uac, records, manager):
+        d = uac.dialog()
+        await d.invite(sdp_offer(40000))
+        await settle(manager, 0.1)
+        # Packets and the BYE reach the kernel together, before the loop reads anything:
+        # whichever socket is read first, the leg must still get all ten packets.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for n in range(10):
+                s.sendto(build_rtp(0, n, n * 160, 7, b"\xff" * 160), d.media_port(0))
+        uac.send_raw(d._request("BYE"))
+        assert (await asyncio.wait_for(d.queue.get(), 5)).status == 200
+        await settle(manager)
+    assert records.of(LegEnd)[0].stats["received"] == 10

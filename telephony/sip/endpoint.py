@@ -368,6 +368,7 @@ class SipEndpoint:
     async def _end_call(self, st: CallState) -> None:
         live = await st.started if st.started is not None else None
         for stream in st.streams.values():
+            stream.rtp.drain()
             stream.rtp.close()
         key = st.correlation if st.correlation else st
         group = self._groups.get(key)

@@ -102,8 +102,8 @@ class _Discard(asyncio.DatagramProtocol):
 
 
 class RtpStream:
-    """One recorded stream's sockets. Created in the SIP thread (the port must be known for the SDP
-    answer), attached to the event loop later."""
+    """One recorded stream's sockets: bound when the SDP answer is built (the port goes into it),
+    read on the event loop once the call's leg exists (the kernel queues packets meanwhile)."""
 
     def __init__(self, allocator: PortAllocator):
         self.rtp_sock, self.rtcp_sock = allocator.open_pair()
@@ -123,8 +123,25 @@ class RtpStream:
         tr2, _ = await loop.create_datagram_endpoint(_Discard, sock=self.rtcp_sock)
         self._transports.append(tr2)
 
+    def drain(self) -> int:
+        """Hand over what the kernel still queues for us (hang-up: audio sent before the BYE is
+        not thrown away with the socket). Call on the event loop; returns datagrams read."""
+        n = 0
+        if self.closed or self.protocol is None:
+            return n
+        while n < 10000:
+            try:
+                data, addr = self.rtp_sock.recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            self.protocol.datagram_received(data, addr)
+            n += 1
+        return n
+
     def close(self) -> None:
-        """Idempotent; call on the event loop once attached (before that, from any thread)."""
+        """Idempotent."""
         if self.closed:
             return
         self.closed = True
