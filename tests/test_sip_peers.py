@@ -163,3 +163,33 @@ async def test_baresip_answers_our_digest_challenge(fresh_database_url, tmp_path
         assert ep.rejected.get(401) == 1  # challenged once, then admitted
     said = await transcript(fresh_database_url, "trunk")
     assert wer([prompt_text("agent-pass")], [said]) <= MAX_WER, said
+
+
+async def test_torture_messages_then_a_baresip_call_is_still_transcribed(fresh_database_url, tmp_path):
+    """RFC 4475's 50 messages over UDP and TCP first; the service must then work as if nothing happened."""
+    import socket
+
+    peers.require("baresip", "baresip-core")
+    torture = sorted((peers.Path(__file__).resolve().parents[2] / "shared" / "testdata" / "rfc4475").glob("*.dat"))
+
+    def blast(port):
+        for path in torture:
+            data = path.read_bytes()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.sendto(data, ("127.0.0.1", port))
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as t:
+                t.sendall(data)
+                t.settimeout(0.2)
+                try:
+                    t.recv(65536)
+                except OSError:
+                    pass
+
+    async with service(fresh_database_url, tmp_path) as (ep, manager):
+        await run(blast, ep.port)
+        res = await run(peers.baresip_call, tmp_path / "baresip", f"sip:transcribe@127.0.0.1:{ep.port}",
+                        spoken(tmp_path, "pbx-invalid"), 7)
+        assert "Call established" in res.stdout, res.stdout[-2000:]
+        assert ep.uas.counters["errors"] == 0 and ep.uas.counters["malformed"] >= 30  # refused at parse, both transports
+    said = await transcript(fresh_database_url, "baresip")
+    assert wer([prompt_text("pbx-invalid")], [said]) <= MAX_WER, said
