@@ -527,3 +527,26 @@ async def test_audio_queued_at_hang_up_is_not_thrown_away():
         assert (await asyncio.wait_for(d.queue.get(), 5)).status == 200
         await settle(manager)
     assert records.of(LegEnd)[0].stats["received"] == 10
+
+
+async def test_call_over_tls_with_a_configured_certificate(tmp_path):
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    async with running(tls=True, tls_port=0, tls_cert=str(cert), tls_key=str(key)) as (ep, uac, records, manager):
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        reader, writer = await asyncio.open_connection("127.0.0.1", ep.uas.ports["tls"], ssl=ctx)
+        body = sdp_offer(40000).encode()
+        invite = ("INVITE sip:transcribe@127.0.0.1;transport=tls SIP/2.0\r\n"
+                  "Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls1\r\nFrom: <sip:tls@127.0.0.1>;tag=a\r\n"
+                  "To: <sip:transcribe@127.0.0.1>\r\nCall-ID: tls-1\r\nCSeq: 1 INVITE\r\n"
+                  "Contact: <sip:tls@127.0.0.1:5999;transport=tls>\r\nContent-Type: application/sdp\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        writer.write(invite)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+    assert head.startswith(b"SIP/2.0 200") and b";transport=tls>" in head

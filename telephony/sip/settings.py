@@ -17,6 +17,10 @@ class SipSettings:
     port: int = 5060  # UDP and TCP
     udp: bool = True
     tcp: bool = True
+    tls: bool = False  # SIP over TLS on tls_port with tls_cert / tls_key (PEM)
+    tls_port: int = 5061
+    tls_cert: str = ""
+    tls_key: str = ""  # empty: the key is in tls_cert
     user: str = "transcribe"  # sip:transcribe@host:port
     rtp_port_min: int = 20000  # our RTP sockets (even port, RTCP on port+1)
     rtp_port_max: int = 30000

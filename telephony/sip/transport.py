@@ -1,6 +1,6 @@
-"""SIP over UDP and TCP on the asyncio loop (RFC 3261 section 18).
+"""SIP over UDP, TCP and TLS on the asyncio loop (RFC 3261 section 18).
 
-UDP: one datagram is one message. TCP: messages are framed by Content-Length
+UDP: one datagram is one message. TCP and TLS: messages are framed by Content-Length
 (a missing one means 0); CRLF keep-alives (RFC 5626 4.4.1) are answered with
 CRLF. A connection that sends an unframeable message or more than
 ``MAX_MESSAGE`` bytes of headers is closed; other connections are unaffected.
@@ -29,7 +29,7 @@ _CL = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\s]*)[ \t]*\r?$", re.I 
 class Flow:
     """Where a message came from and how to answer on the same path."""
 
-    transport: str  # UDP | TCP
+    transport: str  # UDP | TCP | TLS
     remote: tuple[str, int]
     _send: Callable[[bytes], None]
     local: tuple[str, int] | None = None
@@ -63,7 +63,8 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Tcp(asyncio.Protocol):
-    def __init__(self, handler: Handler, connections: set):
+    def __init__(self, handler: Handler, connections: set, kind: str = "TCP"):
+        self.kind = kind
         self.handler = handler
         self.connections = connections
         self.buf = bytearray()
@@ -73,7 +74,7 @@ class _Tcp(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.flow = Flow("TCP", (peer[0], peer[1]), self._write)
+        self.flow = Flow(self.kind, (peer[0], peer[1]), self._write)
         self.connections.add(self)
 
     def _write(self, data: bytes) -> None:
@@ -127,6 +128,7 @@ class SipTransport:
         self.ports: dict[str, int] = {}
         self._udp = None
         self._tcp_server = None
+        self._tls_server = None
         self._connections: set[_Tcp] = set()
 
     async def start(self, host: str, port: int, udp: bool = True, tcp: bool = True) -> None:
@@ -148,7 +150,7 @@ class SipTransport:
                     self._tcp_server = await loop.create_server(lambda: _Tcp(self.handler, self._connections),
                                                                 host, bound, reuse_address=True)
                     self.ports["tcp"] = self._tcp_server.sockets[0].getsockname()[1]
-                return
+                break
             except OSError:
                 if self._udp is not None:
                     self._udp.close()
@@ -156,12 +158,25 @@ class SipTransport:
                 if port != 0 or attempt == 19:
                     raise
 
+    async def start_tls(self, host: str, port: int, certfile: str, keyfile: str) -> None:
+        """SIP over TLS (``sips:`` or ``;transport=tls``) with the configured certificate."""
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(certfile, keyfile or None)
+        loop = asyncio.get_running_loop()
+        self._tls_server = await loop.create_server(lambda: _Tcp(self.handler, self._connections, "TLS"),
+                                                    host, port, ssl=ctx, reuse_address=True)
+        self.ports["tls"] = self._tls_server.sockets[0].getsockname()[1]
+
     async def close(self) -> None:
         if self._udp is not None:
             self._udp.close()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-            for c in list(self._connections):
-                if c.transport is not None:
-                    c.transport.close()
-            await self._tcp_server.wait_closed()
+        servers = [x for x in (self._tcp_server, self._tls_server) if x is not None]
+        for server in servers:
+            server.close()
+        for c in list(self._connections):
+            if c.transport is not None:
+                c.transport.close()
+        for server in servers:
+            await server.wait_closed()

@@ -315,7 +315,7 @@ class UserAgentServer:
 
     def _contact(self, flow: Flow) -> str:
         port = self.transport.ports.get(flow.transport.lower()) or next(iter(self.transport.ports.values()))
-        tp = ";transport=tcp" if flow.transport == "TCP" else ""
+        tp = {"TCP": ";transport=tcp", "TLS": ";transport=tls"}.get(flow.transport, "")
         return f"<sip:{self.user}@{self.announce}:{port}{tp}>"
 
     def _on_ack(self, req: SipRequest, key) -> None:
