@@ -328,7 +328,7 @@ async def test_loss_and_reordering_show_in_leg_counters():
     assert stats["reordered"] > 0
 
 
-def _tcp_exchange(port: int, data: bytes, timeout: float = 1.0) -> bytes:
+def _tcp_exchange(port: int, data: bytes, timeout: float = 0.4) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
         out = b""
@@ -343,7 +343,7 @@ def _tcp_exchange(port: int, data: bytes, timeout: float = 1.0) -> bytes:
         return out
 
 
-def _udp_exchange(port: int, data: bytes, timeout: float = 0.5) -> bytes:
+def _udp_exchange(port: int, data: bytes, timeout: float = 0.3) -> bytes:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.sendto(data, ("127.0.0.1", port))
