@@ -42,12 +42,14 @@ class Records:
 
 
 @asynccontextmanager
-async def running(**sip):
+async def running(extra: dict | None = None, **sip):
     s = Settings()
     s.asr.engine = "none"
     records = Records()
     manager = CallManager(s, NullEngine(), records)
     settings = SipSettings(port=0, **sip)
+    for k, v in (extra or {}).items():  # settings proposed but not yet fields (see sip/settings.py)
+        setattr(settings, k, v)
     ep = SipEndpoint(settings, manager)
     await ep.start()
     uac = await RawUac(("127.0.0.1", ep.port)).open()
@@ -536,7 +538,8 @@ async def test_call_over_tls_with_a_configured_certificate(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    async with running(tls=True, tls_port=0, tls_cert=str(cert), tls_key=str(key)) as (ep, uac, records, manager):
+    tls = {"tls": True, "tls_port": 0, "tls_cert": str(cert), "tls_key": str(key)}
+    async with running(extra=tls) as (ep, uac, records, manager):
         ctx = ssl.create_default_context(cafile=str(cert))
         ctx.check_hostname = False
         reader, writer = await asyncio.open_connection("127.0.0.1", ep.uas.ports["tls"], ssl=ctx)
