@@ -193,3 +193,22 @@ async def test_torture_messages_then_a_baresip_call_is_still_transcribed(fresh_d
         assert ep.uas.counters["errors"] == 0 and ep.uas.counters["malformed"] >= 30  # refused at parse, both transports
     said = await transcript(fresh_database_url, "baresip")
     assert wer([prompt_text("pbx-invalid")], [said]) <= MAX_WER, said
+
+
+async def test_two_instances_behind_kamailio_dispatcher_share_one_database(fresh_database_url, tmp_path):
+    """The scale-out recipe: kamailio spreads calls over instances that write to the same PostgreSQL."""
+    peers.require("kamailio", "kamailio")
+    peers.require("baresip", "baresip-core")
+    async with service(fresh_database_url, tmp_path / "a") as (ep_a, _), service(fresh_database_url, tmp_path / "b") as (ep_b, _):
+        with peers.Kamailio(tmp_path / "kamailio", [ep_a.port, ep_b.port]) as proxy:
+            uri = f"sip:transcribe@127.0.0.1:{proxy.port}"
+            await asyncio.gather(
+                run(peers.baresip_call, tmp_path / "bs1", uri, spoken(tmp_path, "agent-pass"), 6, "first"),
+                run(peers.baresip_call, tmp_path / "bs2", uri, spoken(tmp_path, "pbx-invalid"), 7, "second"),
+            )
+            await asyncio.sleep(0.5)
+        # One call per instance, and the dispatcher's OPTIONS probes were answered.
+        assert len(ep_a.ended) == 1 and len(ep_b.ended) == 1
+        assert ep_a.uas.requests["OPTIONS"] >= 1 and ep_b.uas.requests["OPTIONS"] >= 1
+    assert wer([prompt_text("agent-pass")], [await transcript(fresh_database_url, "first")]) <= MAX_WER
+    assert wer([prompt_text("pbx-invalid")], [await transcript(fresh_database_url, "second")]) <= MAX_WER

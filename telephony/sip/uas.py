@@ -14,6 +14,7 @@ the listener or touches another dialog.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -142,6 +143,7 @@ class UserAgentServer:
         self._client_tx: dict[str, _Retransmit] = {}
         self._sweeper: asyncio.Task | None = None
         self.counters = {"received": 0, "malformed": 0, "dropped": 0, "errors": 0}
+        self.requests: collections.Counter[str] = collections.Counter()  # by method, for metrics and tests
 
     @property
     def ports(self) -> dict[str, int]:
@@ -223,6 +225,7 @@ class UserAgentServer:
         # Responses that match nothing (RFC 4475 3.1.1.12, 3.3.10 ...) are dropped silently.
 
     def _on_request(self, req: SipRequest, flow: Flow) -> None:
+        self.requests[req.method if len(self.requests) < 64 else "other"] += 1
         key = _tx_key(req)
         if req.method == "ACK":
             self._on_ack(req, key)
