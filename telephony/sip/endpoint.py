@@ -110,6 +110,7 @@ class SipEndpoint:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         s = self.settings
+        _raise_fd_limit(4 * s.max_calls * s.max_streams + 256)  # two sockets per stream, plus slack
         await self.uas.start(s.port, s.udp, s.tcp)
         if getattr(s, "tls", False):  # see settings.py: not yet a documented setting
             await self.uas.transport.start_tls(s.host, getattr(s, "tls_port", 5061), s.tls_cert, getattr(s, "tls_key", ""))
@@ -403,6 +404,19 @@ class SipEndpoint:
         if st.body is not None and st.body.metadata_note:
             meta["metadata_note"] = st.body.metadata_note
         return meta
+
+
+def _raise_fd_limit(want: int) -> None:
+    """Hundreds of legs need more descriptors than the usual soft limit of 1024 (up to the hard limit)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit: %s", exc)
 
 
 def _log_failure(task: asyncio.Task) -> None:
