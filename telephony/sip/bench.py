@@ -164,27 +164,16 @@ def _json_line(proc) -> dict:
             return json.loads(line)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", "--legs", type=int, default=20, dest="calls")
-    ap.add_argument("--streams", type=int, choices=(1, 2), default=1, help="2: SIPREC calls with two legs each")
-    ap.add_argument("--asr", action="store_true", help="run the embedded ASR (default: ASR off)")
-    ap.add_argument("--secs", type=float, default=20)
-    ap.add_argument("--loss", type=float, default=0)
-    ap.add_argument("--reorder", type=float, default=0)
-    ap.add_argument("--jitter-ms", type=float, default=0)
-    ap.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    if a.server:
-        _server(a.asr)
-        return
+def run_once(calls: int, streams: int = 1, asr: bool = False, secs: float = 20, loss: float = 0,
+             reorder: float = 0, jitter_ms: float = 0) -> dict:
+    """One measured run (a fresh server process); the result dict is what ``main`` prints."""
     import psutil
 
     from .loadgen import Impairment
 
     server_cmd = os.environ.get("TELEPHONY_BENCH_SERVER")  # e.g. a profiling wrapper
     cmd = server_cmd.split() if server_cmd else [sys.executable, "-m", "telephony.sip.bench", "--server"]
-    proc = subprocess.Popen(cmd + (["--asr"] if a.asr else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd + (["--asr"] if asr else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         hello = _json_line(proc)
         ps = psutil.Process(hello["pid"])
@@ -194,11 +183,11 @@ def main(argv=None) -> None:
             proc.stdin.flush()
 
         async def drive():
-            task = asyncio.create_task(_drive(hello["port"], a.calls, a.streams, a.secs,
-                                              Impairment(a.loss, a.reorder, a.jitter_ms), signal_server))
-            await asyncio.sleep(min(3.0, a.secs / 4) + a.calls * 0.01)  # calls set up, media flowing
+            task = asyncio.create_task(_drive(hello["port"], calls, streams, secs,
+                                              Impairment(loss, reorder, jitter_ms), signal_server))
+            await asyncio.sleep(min(3.0, secs / 4) + calls * 0.01)  # calls set up, media flowing
             c0, t0 = ps.cpu_times(), time.monotonic()
-            await asyncio.sleep(a.secs / 2)
+            await asyncio.sleep(secs / 2)
             c1, t1 = ps.cpu_times(), time.monotonic()
             rss = ps.memory_info().rss
             sent = await task
@@ -214,12 +203,56 @@ def main(argv=None) -> None:
     legs = done.pop("legs")
     keys = ("received", "lost", "late", "reordered", "silence_ms", "duration_ms")
     total = {k: sum(leg.get(k, 0) for leg in legs) for k in keys}
-    n_legs = a.calls * a.streams
-    print(json.dumps({"calls": a.calls, "legs": n_legs, "asr": a.asr, "secs": a.secs,
-                      "impair": [a.loss, a.reorder, a.jitter_ms], "cpu_cores": round(cpu, 3),
-                      "cpu_pct_per_leg": round(100 * cpu / max(1, n_legs), 3),
-                      "rss_mb": round(rss / 2**20, 1), "sent": sent, "pipeline": total, "legs_seen": len(legs),
-                      "load_avg": os.getloadavg()[0], **done}))
+    n_legs = calls * streams
+    return {"calls": calls, "legs": n_legs, "asr": asr, "secs": secs, "impair": [loss, reorder, jitter_ms],
+            "cpu_cores": round(cpu, 3), "cpu_pct_per_leg": round(100 * cpu / max(1, n_legs), 3),
+            "rss_mb": round(rss / 2**20, 1), "rss_mb_per_call": round(rss / 2**20 / max(1, calls), 2),
+            "sent": sent, "pipeline": total, "legs_seen": len(legs), "load_avg": round(os.getloadavg()[0], 2), **done}
+
+
+def sustained(r: dict, max_p95: float = 1.5) -> bool:
+    """Real time: (ASR off) at most 1% of packets missing or late; (ASR on) finals p95 within
+    ``max_p95`` s and the second half no worse than the first (no growing backlog)."""
+    p = r["pipeline"]
+    sent = max(1, r["sent"]["sent"])
+    media_ok = (sent - p["received"] + p["late"]) / sent <= 0.01
+    if not r["asr"]:
+        return media_ok
+    first, second = r.get("p95_first_half"), r.get("p95_second_half")
+    return (media_ok and r.get("p95") is not None and r["p95"] <= max_p95
+            and second is not None and first is not None and second <= max(first * 1.5, first + 0.5))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", "--legs", type=int, default=20, dest="calls")
+    ap.add_argument("--search", type=str, default="",
+                    help="comma-separated call counts, tried in order: print the largest one sustained in real time")
+    ap.add_argument("--streams", type=int, choices=(1, 2), default=1, help="2: SIPREC calls with two legs each")
+    ap.add_argument("--asr", action="store_true", help="run the embedded ASR (default: ASR off)")
+    ap.add_argument("--secs", type=float, default=20)
+    ap.add_argument("--loss", type=float, default=0)
+    ap.add_argument("--reorder", type=float, default=0)
+    ap.add_argument("--jitter-ms", type=float, default=0)
+    ap.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.server:
+        _server(a.asr)
+        return
+    kw = dict(streams=a.streams, asr=a.asr, secs=a.secs, loss=a.loss, reorder=a.reorder, jitter_ms=a.jitter_ms)
+    if not a.search:
+        print(json.dumps(run_once(a.calls, **kw)))
+        return
+    best = None
+    for n in [int(x) for x in a.search.split(",") if x.strip()]:
+        r = run_once(n, **kw)
+        r["sustained"] = sustained(r)
+        print(json.dumps(r), flush=True)
+        if not r["sustained"]:
+            break
+        best = r
+    print(json.dumps({"largest_sustained_calls": best["calls"] if best else 0,
+                      "legs": best["legs"] if best else 0, "at": best}))
 
 
 if __name__ == "__main__":
