@@ -19,22 +19,33 @@ import aiohttp
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame
+from av.packet import Packet
+
+from ..g711 import encode
+
+from .ice import restrict_host_addresses
 
 RATE = 8000
 FRAME = 160  # 20 ms at 8 kHz
+TIME_BASE = fractions.Fraction(1, RATE)
 
 
 class PcmTrack(MediaStreamTrack):
-    """8 kHz int16 mono audio, one 20 ms frame per 20 ms of wall clock, then the track ends."""
+    """8 kHz int16 mono audio, one 20 ms frame per 20 ms of wall clock, then the track ends.
+
+    Frames leave already G.711-encoded (``av.Packet``): aiortc then only packs
+    them, instead of a resample-and-encode thread hop per frame, so one client
+    process can play many softphones.
+    """
 
     kind = "audio"
 
-    def __init__(self, pcm8k: np.ndarray):
+    def __init__(self, pcm8k: np.ndarray, codec: str = "PCMU"):
         super().__init__()
         pcm = np.asarray(pcm8k, dtype=np.int16)
         pad = (-len(pcm)) % FRAME
         self._pcm = np.concatenate([pcm, np.zeros(pad, np.int16)])
+        self._coded = encode(self._pcm.astype("<i2").tobytes(), codec)
         self._n = 0
         self._t0: float | None = None
         self.first_frame_at: float | None = None  # monotonic time the first frame left
@@ -44,7 +55,7 @@ class PcmTrack(MediaStreamTrack):
     def duration_s(self) -> float:
         return len(self._pcm) / RATE
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> Packet:
         if self.readyState != "live":
             raise MediaStreamError
         i = self._n * FRAME
@@ -57,13 +68,11 @@ class PcmTrack(MediaStreamTrack):
         delay = self._t0 + self._n * 0.02 - time.monotonic()  # from the start: no drift
         if delay > 0:
             await asyncio.sleep(delay)
-        frame = AudioFrame(format="s16", layout="mono", samples=FRAME)
-        frame.planes[0].update(self._pcm[i:i + FRAME].tobytes())
-        frame.sample_rate = RATE
-        frame.pts = i
-        frame.time_base = fractions.Fraction(1, RATE)
+        packet = Packet(self._coded[i:i + FRAME])
+        packet.pts = i
+        packet.time_base = TIME_BASE
         self._n += 1
-        return frame
+        return packet
 
 
 @dataclass
@@ -102,17 +111,24 @@ class WebRtcClient:
     """One peer connection with one sendonly PCMU track per (pcm, speaker)."""
 
     def __init__(self, base_url: str, tracks: list[tuple[np.ndarray, str]], *, token: str | None = None,
-                 codec: str = "PCMU", loss: WireLoss | None = None):
+                 codec: str = "PCMU", loss: WireLoss | None = None, host_addresses: tuple[str, ...] = ("127.0.0.1",)):
+        restrict_host_addresses(list(host_addresses))  # our candidates too stay on loopback
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.tracks = [PcmTrack(pcm) for pcm, _ in tracks]
+        self.tracks = [PcmTrack(pcm, codec) for pcm, _ in tracks]
         self.speakers = [s for _, s in tracks]
         self.codec = codec
         self.loss = loss
         self.answer: dict | None = None
         self.posted_at: float | None = None
         self.answered_at: float | None = None
+        self.connected_at: float | None = None
+
+        @self.pc.on("connectionstatechange")
+        def _state() -> None:
+            if self.pc.connectionState == "connected" and self.connected_at is None:
+                self.connected_at = time.monotonic()
 
     @property
     def call_id(self) -> str:
