@@ -142,3 +142,23 @@ async def test_service_shutdown_ends_open_sessions_and_keeps_their_calls(tmp_pat
     got = await stored(db_engine, client.call_id)
     assert got["call"]["status"] == "completed" and got["legs"][0]["duration_ms"] >= 400
     await client.close()
+
+
+@pytest.mark.slow
+async def test_opus_only_peer_is_transcribed(tmp_path, fresh_database_url, db_engine):
+    """A peer that offers only Opus: accepted, transcoded into a G.711 leg, loss still counted per packet."""
+    pcm = np.concatenate([prompt_8k("pls-hold-while-try"), silence(1.2)])
+    loss = WireLoss(lambda track, n: n % 20 == 7)
+    async with LocalService(local_settings(tmp_path, fresh_database_url, asr="whisper")) as svc:
+        async with aiohttp.ClientSession() as http:
+            client = WebRtcClient(svc.url, [(pcm, "caller")], codec="opus", loss=loss)
+            answer = await client.start(http)
+            assert "opus/48000" in answer["sdp"] and "PCMU" not in answer["sdp"]
+            await client.finished()
+            await client.hang_up(http)
+    got = await stored(db_engine, client.call_id)
+    leg = got["legs"][0]
+    assert leg["meta"]["negotiated_codec"] == "opus" and leg["codec"] == "PCMU"
+    assert leg["packets_lost"] == loss.dropped[0] > 0 and leg["stats"]["late"] == 0
+    text_ = " ".join(u["text"] for u in got["utterances"])
+    assert wer([prompt_text("pls-hold-while-try")], [text_]) <= 0.15, text_

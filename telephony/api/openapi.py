@@ -125,7 +125,8 @@ PATHS = {
             "summary": "Start a WebRTC session (WHIP-style): SDP offer in, SDP answer out",
             "description": "Every audio m-line that sends becomes one leg of a new call, labelled by the client "
                            "per transceiver mid or track id (application/sdp: `?speaker=<mid>:<label>`, repeatable). "
-                           "PCMU is preferred, then PCMA; the answer names one codec per track. ICE is not trickled: "
+                           "PCMU is preferred, then PCMA, then Opus (transcoded to PCMU); the answer names one codec per track. "
+                           "ICE is not trickled: "
                            "send the offer with its candidates gathered.",
             "parameters": [
                 {"name": "speaker", "in": "query", "required": False, "style": "form", "explode": True,

@@ -19,6 +19,7 @@ import aiohttp
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
 from av.packet import Packet
 
 from ..g711 import encode
@@ -45,7 +46,8 @@ class PcmTrack(MediaStreamTrack):
         pcm = np.asarray(pcm8k, dtype=np.int16)
         pad = (-len(pcm)) % FRAME
         self._pcm = np.concatenate([pcm, np.zeros(pad, np.int16)])
-        self._coded = encode(self._pcm.astype("<i2").tobytes(), codec)
+        # G.711 leaves pre-encoded; other codecs (Opus) get frames for aiortc's encoder.
+        self._coded = encode(self._pcm.astype("<i2").tobytes(), codec) if codec in ("PCMU", "PCMA") else None
         self._n = 0
         self._t0: float | None = None
         self.first_frame_at: float | None = None  # monotonic time the first frame left
@@ -55,7 +57,7 @@ class PcmTrack(MediaStreamTrack):
     def duration_s(self) -> float:
         return len(self._pcm) / RATE
 
-    async def recv(self) -> Packet:
+    async def recv(self) -> Packet | AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         i = self._n * FRAME
@@ -68,10 +70,15 @@ class PcmTrack(MediaStreamTrack):
         delay = self._t0 + self._n * 0.02 - time.monotonic()  # from the start: no drift
         if delay > 0:
             await asyncio.sleep(delay)
+        self._n += 1
+        if self._coded is None:
+            frame = AudioFrame(format="s16", layout="mono", samples=FRAME)
+            frame.planes[0].update(self._pcm[i:i + FRAME].tobytes())
+            frame.sample_rate, frame.pts, frame.time_base = RATE, i, TIME_BASE
+            return frame
         packet = Packet(self._coded[i:i + FRAME])
         packet.pts = i
         packet.time_base = TIME_BASE
-        self._n += 1
         return packet
 
 
@@ -138,7 +145,7 @@ class WebRtcClient:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     async def start(self, http: aiohttp.ClientSession) -> dict:
-        caps = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name == self.codec]
+        caps = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name.lower() == self.codec.lower()]
         for track in self.tracks:
             t = self.pc.addTransceiver(track, direction="sendonly")
             t.setCodecPreferences(caps)

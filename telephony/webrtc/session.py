@@ -93,8 +93,12 @@ class WebRtcSession:
             remote_addr=self.remote, meta=call_meta))
         for section, label in zip(usable, labels):
             t = self._transceiver_for(section)
-            leg = self.call.add_leg(speaker=label.speaker, role=label.role, codec=section.codec,
-                                    meta={"mid": section.mid, "track_id": section.track_id, "transport": "webrtc"})
+            meta = {"mid": section.mid, "track_id": section.track_id, "transport": "webrtc"}
+            codec = section.codec
+            if codec.lower() == "opus":  # see opus.py: transcoded into a G.711 leg
+                meta.update(negotiated_codec="opus", transcoded_to="PCMU")
+                codec = "PCMU"
+            leg = self.call.add_leg(speaker=label.speaker, role=label.role, codec=codec, meta=meta)
             pts = {c.payloadType: c.name for c in t._codecs}
             self.taps.append(RtpTap(t.receiver, leg, pts))
         self.pc.on("connectionstatechange", self._on_state)

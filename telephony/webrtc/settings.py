@@ -22,7 +22,8 @@ class WebRtcSettings:
     # Remote candidates outside these networks are dropped from offers before ICE, so an offer can
     # never make the service send connectivity checks elsewhere (empty list: accept any).
     remote_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA"])  # in order of preference
+    # In order of preference. Opus (only chosen when an offer has no G.711) is transcoded to PCMU.
+    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "opus"])
     max_sessions: int = 50  # concurrent peer connections; beyond: 503 + Retry-After
     retry_after_s: int = 5
     max_tracks: int = 4  # audio m-lines accepted per offer

@@ -19,6 +19,7 @@ import time
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 
 from ..rtp import build_rtp
+from .opus import OpusToPcmu
 
 # Our pipeline's payload type for each codec (MediaLeg expects the static ones).
 STATIC_PT = {"PCMU": 0, "PCMA": 8}
@@ -35,7 +36,8 @@ class RtpTap:
         self.first_arrival: float | None = None
         self.last_arrival: float | None = None
         self._rtcp_streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
-        self._clock_rates = {pt: 8000 for pt in payload_types}
+        self._clock_rates = {pt: 48000 if name.lower() == "opus" else 8000 for pt, name in payload_types.items()}
+        self._opus = OpusToPcmu() if any(n.lower() == "opus" for n in payload_types.values()) else None
         receiver._handle_rtp_packet = self.handle  # the DTLS transport looks it up per packet
 
     async def handle(self, packet, arrival_time_ms: int = 0) -> None:
@@ -52,6 +54,11 @@ class RtpTap:
             if stats is None:
                 stats = self._rtcp_streams[packet.ssrc] = StreamStatistics(self._clock_rates[packet.payload_type])
             stats.add(packet)
+        if self._opus is not None and codec.lower() == "opus":
+            # Transcoded into the leg's PCMU: same sequence number, timestamp at 8 kHz.
+            self.leg.push_rtp(build_rtp(0, packet.sequence_number, self._opus.timestamp(packet.timestamp),
+                                        packet.ssrc, self._opus.payload(packet.payload), packet.marker), now)
+            return
         pt = STATIC_PT.get(codec, _OTHER_PT)
         self.leg.push_rtp(build_rtp(pt, packet.sequence_number, packet.timestamp, packet.ssrc,
                                     packet.payload if pt != _OTHER_PT else b"", packet.marker), now)
