@@ -131,3 +131,9 @@ async def test_same_origin_pages_need_no_cors_entry(locked):
     got, hdrs, _ = await status_of(locked, "GET", "/api/calls", headers={
         "Origin": locked.url, "Authorization": "Bearer s3cret-one"})
     assert got == 200 and "Access-Control-Allow-Origin" not in hdrs
+
+
+async def test_query_token_only_opens_caption_feeds(locked):
+    # Elsewhere a header is always possible, and tokens in URLs end up in access logs.
+    got, _, _ = await status_of(locked, "GET", "/api/calls", params={"access_token": "s3cret-one"})
+    assert got == 401
