@@ -553,3 +553,22 @@ async def test_call_over_tls_with_a_configured_certificate(tmp_path):
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         writer.close()
     assert head.startswith(b"SIP/2.0 200") and b";transport=tls>" in head
+
+
+async def test_update_refreshes_the_session_timer_and_can_carry_sdp():
+    async with running(min_se_s=2) as (ep, uac, records, manager):
+        d = uac.dialog()
+        r = await d.invite(sdp_offer(40000), headers={"Session-Expires": "3", "Supported": "timer"})
+        assert r.status == 200
+        port = d.media_port(0)
+        await asyncio.sleep(1.5)
+        assert (await d.request("UPDATE", headers={"Session-Expires": "3", "Supported": "timer"})).status == 200
+        await asyncio.sleep(1.0)  # 2.5 s after the INVITE: without the refresh the session would be gone
+        assert ep.calls and not records.of(CallEnd)
+        body = sdp_offer(40000, direction="inactive").encode()
+        d.uac.send_raw(d._request("UPDATE", body, "application/sdp"))
+        r = await asyncio.wait_for(d.queue.get(), 5)
+        assert r.status == 200 and b"a=inactive" in r.body and f" {port[1]} ".encode() in r.body  # same socket
+        await d.bye()
+        await settle(manager)
+    assert len(records.of(LegRecord)) == 1

@@ -5,13 +5,14 @@
     python -m telephony.sip.bench --calls 4 --loss 0.05 --reorder 0.05 --jitter-ms 30
 
 A server process runs ``SipEndpoint`` with the real ``CallManager`` (ASR off, or
-the configured embedded engine). This process places the calls (plain INVITEs,
+the configured embedded engine: settings come from ``TELEPHONY_CONFIG`` and the environment). This process places the calls (plain INVITEs,
 or SIPREC INVITEs with a two-stream SDP and rs-metadata), streams real speech
 (Asterisk prompts with pauses, about 70% speech) and reads the server's CPU
 time with psutil over the steady middle of the run. The server reports each
 final's latency (stored-final time minus the time its last audio sample entered
-the pipeline) for the first and second half of the run: a growing second half
-means a backlog. One JSON line on stdout.
+the pipeline) while media flows, for the first and second half of the run (a
+growing second half means a backlog), and apart from those the finals closed by
+the hang-up. One JSON line on stdout.
 
 The pjsua2 variant of the media spike (AudioMediaPort taps) is in git history
 (commit 2ee3cc8, ``telephony/sip/spike.py``); its numbers are in the README.
@@ -57,7 +58,7 @@ def _server(asr: bool) -> None:
     from ..asr import create_engine
     from ..asr.null import NullEngine
     from ..calls import CallManager
-    from ..config import Settings
+    from ..config import load_settings
     from .endpoint import SipEndpoint
     from .settings import SipSettings
 
@@ -75,7 +76,7 @@ def _server(asr: bool) -> None:
                 self.finals.append((now, now - record.audio_end_monotonic))
 
     async def run():
-        s = Settings()
+        s = load_settings()  # TELEPHONY_CONFIG / TELEPHONY_<SECTION>_<KEY> tune the ASR under test
         if not asr:
             s.asr.engine = "none"
         sink = Sink()
@@ -93,13 +94,17 @@ def _server(asr: bool) -> None:
         await ep.stop()
         await manager.shutdown()
         await engine.close()
+        # Steady state: finals stored while media flowed. Those stored after the hang-up (every
+        # leg's last utterance closed at once) are reported apart.
         mid = (t_media + t_end) / 2
         first = [lat for t, lat in sink.finals if t < mid]
         second = [lat for t, lat in sink.finals if mid <= t <= t_end]
-        allf = [lat for _t, lat in sink.finals]
+        steady = first + second
+        tail = [lat for t, lat in sink.finals if t > t_end]
         print(json.dumps({"legs": sink.legs, "max_lateness_ms": round(manager.clock.max_lateness * 1000, 1),
-                          "finals": len(allf), "p50": _percentile(allf, 0.5), "p95": _percentile(allf, 0.95),
-                          "p95_first_half": _percentile(first, 0.95), "p95_second_half": _percentile(second, 0.95)}),
+                          "finals": len(sink.finals), "p50": _percentile(steady, 0.5), "p95": _percentile(steady, 0.95),
+                          "p95_first_half": _percentile(first, 0.95), "p95_second_half": _percentile(second, 0.95),
+                          "finals_after_hangup": len(tail), "max_after_hangup": _percentile(tail, 1.0)}),
               flush=True)
 
     asyncio.run(run())
@@ -127,7 +132,11 @@ def _siprec_body(ports: tuple[int, int], n: int) -> tuple[bytes, str]:
 async def _drive(port: int, calls: int, streams: int, secs: float, impair, media_started) -> dict:
     from .loadgen import RawUac, sdp_offer, send_rtp, send_rtp_many
 
-    audio = [speech(secs, shift) for shift in range(streams)]
+    # Every leg speaks the same prompts, but from its own point in the script: legs whose
+    # utterances all ended in the same 20 ms would measure a synchronised burst, not load.
+    script = speech(secs + len(PROMPTS) * 6)
+    offset = lambda leg: int(leg * 2.3 * 8000) % (len(script) - int(secs * 8000))  # noqa: E731
+    audio = [[script[offset(i * streams + k):][: int(secs * 8000)] for i in range(calls)] for k in range(streams)]
     uac = await RawUac(("127.0.0.1", port)).open()
     dialogs = []
     for i in range(calls):
@@ -143,7 +152,7 @@ async def _drive(port: int, calls: int, streams: int, secs: float, impair, media
     media_started()
     targets = [[d.media_port(k) for d in dialogs] for k in range(streams)]
     if impair.loss or impair.reorder or impair.jitter_ms:
-        sends = [send_rtp(addr, audio[k], impair=impair) for k in range(streams) for addr in targets[k]]
+        sends = [send_rtp(addr, audio[k][i], impair=impair) for k in range(streams) for i, addr in enumerate(targets[k])]
     else:
         sends = [send_rtp_many(targets[k], audio[k]) for k in range(streams)]
     stats = await asyncio.gather(*sends)

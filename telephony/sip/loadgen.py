@@ -100,26 +100,30 @@ async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, p
     return stats
 
 
-async def send_rtp_many(addrs: list[tuple[str, int]], payload: bytes, *, pt: int = 0, ptime_ms: int = 20,
-                        stagger: bool = True) -> SendStats:
-    """Stream ``payload`` to every address at once from one socket and one timer (load tests:
-    one task per leg would make the sender, not the server, the bottleneck). Legs are spread
-    evenly over the 20 ms period, as independent phones would be."""
+async def send_rtp_many(addrs: list[tuple[str, int]], payload: bytes | list[bytes], *, pt: int = 0,
+                        ptime_ms: int = 20, stagger: bool = True) -> SendStats:
+    """Stream ``payload`` (one for all, or one per address, of equal length) to every address at
+    once from one socket and one timer (load tests: one task per leg would make the sender, not
+    the server, the bottleneck). Legs are spread evenly over the 20 ms period, as independent
+    phones would be."""
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
     step = 8 * ptime_ms
-    frames = [payload[o:o + step].ljust(step, b"\xff" if pt == 0 else b"\xd5") for o in range(0, len(payload), step)]
+    payloads = payload if isinstance(payload, list) else [payload] * len(addrs)
+    fill = b"\xff" if pt == 0 else b"\xd5"
+    per_leg = [[p[o:o + step].ljust(step, fill) for o in range(0, len(p), step)] for p in payloads]
+    frames = per_leg[0] if per_leg else []
     n_legs = len(addrs)
     offsets = [(i * ptime_ms / 1000 / n_legs) if stagger else 0.0 for i in range(n_legs)]
     order = sorted(range(n_legs), key=lambda i: offsets[i])
     stats = SendStats()
     t0 = time.monotonic()
-    for n, frame in enumerate(frames):
+    for n in range(len(frames)):
         for i in order:
             delay = t0 + n * ptime_ms / 1000 + offsets[i] - time.monotonic()
             if delay > 0.002:
                 await asyncio.sleep(delay)
-            transport.sendto(build_rtp(pt, n, n * step, 1000 + i, frame, marker=(n == 0)), addrs[i])
+            transport.sendto(build_rtp(pt, n, n * step, 1000 + i, per_leg[i][n], marker=(n == 0)), addrs[i])
             stats.sent += 1
     stats.duration_s = len(frames) * ptime_ms / 1000
     transport.close()
