@@ -572,3 +572,28 @@ async def test_update_refreshes_the_session_timer_and_can_carry_sdp():
         await d.bye()
         await settle(manager)
     assert len(records.of(LegRecord)) == 1
+
+
+async def test_ipv6_loopback():
+    s = Settings()
+    s.asr.engine = "none"
+    records = Records()
+    manager = CallManager(s, NullEngine(), records)
+    ep = SipEndpoint(SipSettings(port=0, host="::1", allow=["::1/128"]), manager)
+    await ep.start()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.bind(("::1", 0))
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    body = ("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=sendonly\r\n").encode()
+    invite = (f"INVITE sip:transcribe@[::1]:{ep.port} SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:{port};branch=z9hG4bKv6\r\n"
+              f"From: <sip:v6@[::1]>;tag=1\r\nTo: <sip:transcribe@[::1]>\r\nCall-ID: v6-call\r\nCSeq: 1 INVITE\r\n"
+              f"Contact: <sip:v6@[::1]:{port}>\r\nContent-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    try:
+        await loop.sock_sendto(sock, invite, ("::1", ep.port))
+        data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+    finally:
+        sock.close()
+        await ep.stop()
+    assert data.startswith(b"SIP/2.0 200") and b"c=IN IP6 ::1" in data and b"@[::1]:" in data

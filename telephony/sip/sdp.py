@@ -154,6 +154,11 @@ def usable_audio(offer: SdpOffer) -> list[MediaDesc]:
     return [m for m in offer.audio() if m.port != 0 and m.codec() is not None]
 
 
+def _addr(address: str) -> str:
+    """SDP address field: ``IN IP4 a.b.c.d`` or ``IN IP6 ::1``."""
+    return f"IN IP6 {address.strip('[]')}" if ":" in address else f"IN IP4 {address}"
+
+
 def answer_direction(offered: str) -> str:
     """We only receive: the answer to sendrecv/sendonly is recvonly, to recvonly/inactive inactive (RFC 3264 6.1)."""
     return "recvonly" if offered in ("sendrecv", "sendonly") else "inactive"
@@ -162,8 +167,8 @@ def answer_direction(offered: str) -> str:
 def build_answer(offer: SdpOffer, ports: dict[int, int], address: str, session_id: int, version: int) -> bytes:
     """Our SDP answer: every offered m= line in order (RFC 3264 6), the ones in ``ports`` accepted
     with their codec and telephone-event, receive-only; the rest rejected with port 0."""
-    lines = ["v=0", f"o=telephony {session_id} {version} IN IP4 {address}", "s=telephony",
-             f"c=IN IP4 {address}", "t=0 0"]
+    lines = ["v=0", f"o=telephony {session_id} {version} {_addr(address)}", "s=telephony",
+             f"c={_addr(address)}", "t=0 0"]
     for m in offer.media:
         port = ports.get(m.index)
         codec = m.codec() if port else None
@@ -187,8 +192,8 @@ def build_answer(offer: SdpOffer, ports: dict[int, int], address: str, session_i
 
 def build_offer(port: int, address: str, session_id: int, version: int = 1) -> bytes:
     """Our offer in the 200 OK when the INVITE had no SDP (late offer, RFC 3261 13.2.1)."""
-    lines = ["v=0", f"o=telephony {session_id} {version} IN IP4 {address}", "s=telephony",
-             f"c=IN IP4 {address}", "t=0 0", f"m=audio {port} RTP/AVP 0 8 101",
+    lines = ["v=0", f"o=telephony {session_id} {version} {_addr(address)}", "s=telephony",
+             f"c={_addr(address)}", "t=0 0", f"m=audio {port} RTP/AVP 0 8 101",
              "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000",
              "a=fmtp:101 0-16", "a=ptime:20", "a=recvonly"]
     return ("\r\n".join(lines) + "\r\n").encode()

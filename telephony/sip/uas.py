@@ -319,7 +319,8 @@ class UserAgentServer:
     def _contact(self, flow: Flow) -> str:
         port = self.transport.ports.get(flow.transport.lower()) or next(iter(self.transport.ports.values()))
         tp = {"TCP": ";transport=tcp", "TLS": ";transport=tls"}.get(flow.transport, "")
-        return f"<sip:{self.user}@{self.announce}:{port}{tp}>"
+        host = f"[{self.announce}]" if ":" in self.announce and not self.announce.startswith("[") else self.announce
+        return f"<sip:{self.user}@{host}:{port}{tp}>"
 
     def _on_ack(self, req: SipRequest, key) -> None:
         tx = self._server_tx.get(key)
@@ -412,7 +413,8 @@ class UserAgentServer:
         d.local_cseq += 1
         branch = "z9hG4bK" + uuid.uuid4().hex[:16]
         port = self.transport.ports.get(d.flow.transport.lower()) or 0
-        headers = [("via", f"SIP/2.0/{d.flow.transport} {self.announce}:{port};branch={branch};rport"),
+        host = f"[{self.announce}]" if ":" in self.announce and not self.announce.startswith("[") else self.announce
+        headers = [("via", f"SIP/2.0/{d.flow.transport} {host}:{port};branch={branch};rport"),
                    ("max-forwards", "70")]
         headers += [("route", r) for r in d.route_set]
         headers += [("from", d.local_uri), ("to", d.remote_uri), ("call-id", d.call_id),
