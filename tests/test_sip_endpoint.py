@@ -597,3 +597,16 @@ async def test_ipv6_loopback():
         sock.close()
         await ep.stop()
     assert data.startswith(b"SIP/2.0 200") and b"c=IN IP6 ::1" in data and b"@[::1]:" in data
+
+
+async def test_pcmu_under_a_dynamic_payload_type_is_decoded():
+    offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 96\r\na=rtpmap:96 PCMU/8000\r\na=sendonly\r\n"
+    async with running() as (ep, uac, records, manager):
+        d = uac.dialog()
+        r = await d.invite(offer)
+        assert r.status == 200 and "RTP/AVP 96" in r.body.decode()
+        sent = await send_rtp(d.media_port(0), read_wav_g711(PROMPT)[:1600], pt=96)
+        await d.bye()
+        await settle(manager)
+    stats = records.of(LegEnd)[0].stats
+    assert stats["received"] == sent.sent == 10 and stats["other_payload"] == 0

@@ -42,6 +42,7 @@ class Stream:
     role: str | None = None
     meta: dict = field(default_factory=dict)
     leg: object | None = None  # LiveLeg once the call has started
+    pt: int | None = None  # negotiated payload type, when the offer mapped G.711 to a dynamic number
 
 
 @dataclass(eq=False)
@@ -219,7 +220,7 @@ class SipEndpoint:
                 for n in new:
                     n.rtp.close()
                 raise SipReject(503, "No RTP port available", {"Retry-After": str(s.retry_after_s)}) from None
-            codec = m.codec()[1]
+            pt, codec = m.codec()
             meta = {"sdp_index": m.index}
             if m.label is not None:
                 meta["label"] = m.label
@@ -231,6 +232,8 @@ class SipEndpoint:
                 stream = Stream(m.index, rtp, sp.speaker, codec, None, meta)
             else:
                 stream = Stream(m.index, rtp, st.plain_speaker, codec, "caller", meta)
+            if pt not in (0, 8):
+                stream.pt = pt
             st.streams[m.index] = stream
             new.append(stream)
         return new
@@ -353,7 +356,10 @@ class SipEndpoint:
         if stream.leg is not None or stream.rtp.closed:
             return
         stream.leg = live.add_leg(speaker=stream.speaker, role=stream.role, codec=stream.codec, meta=stream.meta)
-        await stream.rtp.attach(stream.leg.push_rtp)
+        sink = stream.leg.push_rtp
+        if stream.pt is not None:
+            sink = _static_pt(sink, stream.pt, 0 if stream.codec == "PCMU" else 8)
+        await stream.rtp.attach(sink)
 
     async def _update_call(self, st: CallState, new: list[Stream], changes: dict[int, str], metadata) -> None:
         live = await st.started
@@ -404,6 +410,18 @@ class SipEndpoint:
         if st.body is not None and st.body.metadata_note:
             meta["metadata_note"] = st.body.metadata_note
         return meta
+
+
+def _static_pt(push, dynamic: int, static: int):
+    """G.711 offered under a dynamic payload type (legal, rare): renumber to the static one the
+    leg pipeline decodes, keeping the marker bit; other payloads (DTMF events) pass unchanged."""
+
+    def sink(data: bytes, arrival: float) -> None:
+        if len(data) >= 12 and data[1] & 0x7F == dynamic:
+            data = data[:1] + bytes([(data[1] & 0x80) | static]) + data[2:]
+        push(data, arrival)
+
+    return sink
 
 
 def _raise_fd_limit(want: int) -> None:
