@@ -60,7 +60,7 @@ class WhisperEngine:
         self.scheduler = DecodeScheduler(asr.workers, asr.max_queue)
         prewarm()
 
-    def decode(self, audio: np.ndarray, beam_size: int) -> tuple[str, float | None]:
+    def decode(self, audio: np.ndarray, beam_size: int, window_s: float | None = None) -> tuple[str, float | None]:
         """Text and a 0..1 confidence (mean token probability) for one utterance.
 
         The encoder costs the same for any audio inside its window, and 30 s windows
@@ -69,7 +69,8 @@ class WhisperEngine:
         output that looks like a repetition loop is decoded again with 30 s.
         """
         seconds = len(audio) / RATE
-        window = self._asr.window_s if seconds + 0.5 <= self._asr.window_s else 30.0
+        window_s = window_s or self._asr.window_s
+        window = window_s if seconds + 0.5 <= window_s else 30.0
         text, logprob, no_speech = self._generate(audio, window, beam_size, seconds)
         if window < 30.0 and text and compression_ratio(text) > 2.4:
             text, logprob, no_speech = self._generate(audio, 30.0, beam_size, seconds)
@@ -197,7 +198,8 @@ class WhisperSession:
         start_ms, end_ms = self._ms(start), self._ms(start + len(audio))
 
         def run(_degraded: bool):
-            return self._engine.decode(audio, 1)  # partials are drafts: greedy is enough
+            # Partials are drafts: greedy, and a 10 s window when they fit (cheaper still).
+            return self._engine.decode(audio, 1, window_s=min(10.0, self._engine._asr.window_s))
 
         def done(result, error):
             self._loop.call_soon_threadsafe(self._partial_done, number, result, start_ms, end_ms)
