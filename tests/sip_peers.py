@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -95,25 +96,36 @@ def linphone_call(workdir: Path, uri: str, wav: Path, seconds: float) -> str:
     env = dict(os.environ, HOME=str(workdir))
     proc = subprocess.Popen(["linphonec", "-c", str(rc), "-d", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
-    out = ""
-    try:
-        def cmd(line: str) -> None:
-            proc.stdin.write(line + "\n")
-            proc.stdin.flush()
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
 
-        time.sleep(1.0)
+    def cmd(line: str) -> None:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+    def wait_for(text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in ln for ln in list(lines)):
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
         cmd("soundcard use files")
         cmd(f"call {uri}")
-        time.sleep(1.0)
-        cmd(f"play {wav}")
-        time.sleep(seconds)
+        if wait_for("connected", 15):  # play only once the call is up (a loaded CI machine is slow)
+            cmd(f"play {wav}")
+            time.sleep(seconds)
         cmd("terminate")
-        time.sleep(1.0)
+        wait_for("ended", 5)
         cmd("quit")
-        out, _ = proc.communicate(timeout=10)
+        proc.wait(10)
     finally:
         _stop(proc)
-    return out
+        reader.join(5)
+    return "".join(lines)
 
 
 class Kamailio:
