@@ -71,8 +71,9 @@ def baresip_call(workdir: Path, uri: str, wav: Path, seconds: float, user: str =
         """))
     auth = f";auth_pass={auth_pass}" if auth_pass else ""
     (workdir / "accounts").write_text(f"<sip:{user}@127.0.0.1>;regint=0;audio_codecs=PCMU/8000{auth}\n")
-    return subprocess.run(["baresip", "-f", str(workdir), "-e", f"/dial {uri}", "-t", str(int(seconds))],
-                          capture_output=True, text=True, timeout=seconds + 20)
+    # -t counts from start-up, not from the answer: two seconds of slack for a slow start.
+    return subprocess.run(["baresip", "-f", str(workdir), "-e", f"/dial {uri}", "-t", str(int(seconds) + 2)],
+                          capture_output=True, text=True, timeout=seconds + 30)
 
 
 def linphone_call(workdir: Path, uri: str, wav: Path, seconds: float) -> str:
