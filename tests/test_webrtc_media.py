@@ -162,3 +162,30 @@ async def test_opus_only_peer_is_transcribed(tmp_path, fresh_database_url, db_en
     assert leg["packets_lost"] == loss.dropped[0] > 0 and leg["stats"]["late"] == 0
     text_ = " ".join(u["text"] for u in got["utterances"])
     assert wer([prompt_text("pls-hold-while-try")], [text_]) <= 0.15, text_
+
+
+async def test_peer_vanishing_without_a_word_ends_the_call(tmp_path, fresh_database_url, db_engine, monkeypatch):
+    """Network gone (laptop lid shut): no DTLS close, no DELETE; ICE consent (RFC 7675) expires."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)  # 6 missed checks: about 3 s, not 30
+    async with LocalService(local_settings(tmp_path, fresh_database_url),
+                            webrtc=WebRtcSettings(media_timeout_s=60)) as svc:
+        async with aiohttp.ClientSession() as http:
+            client = WebRtcClient(svc.url, [(silence(30), "caller")])
+            await client.start(http)
+            session = svc.gateway.sessions[client.answer["session_id"]]
+            for _ in range(100):
+                if session.packets > 10:
+                    break
+                await asyncio.sleep(0.05)
+            for protocol in client.pc.getSenders()[0].transport.transport._connection._protocols:
+                protocol.transport.close()  # its sockets are gone: nothing more is sent or answered
+            for _ in range(200):
+                if svc.gateway.active == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert svc.gateway.active == 0 and svc.manager.active_calls == 0
+            assert session.end_reason in ("ice/dtls failed", "peer closed the connection")
+            await client.close()
+    assert (await stored(db_engine, client.call_id))["call"]["status"] == "completed"

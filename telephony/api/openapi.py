@@ -91,7 +91,8 @@ SCHEMAS = {
                        "state": {"type": "string"}, "end_reason": _NULLABLE_STR,
                        "tracks": {"type": "array", "items": {"type": "object", "properties": {
                            "mid": _NULLABLE_STR, "leg_id": {"type": "string"}, "speaker": {"type": "string"},
-                           "codec": {"type": "string"}, "packets": {"type": "integer"}}}}}},
+                           "codec": {"type": "string"}, "packets": {"type": "integer"},
+                           "jitter": {"type": "object", "description": "the leg's jitter-buffer counters so far"}}}}}},
 }
 SCHEMAS["Call"] = {"allOf": [_ref("CallSummary"), {"type": "object", "properties": {
     "legs": {"type": "array", "items": _ref("Leg")},

@@ -169,5 +169,6 @@ class WebRtcSession:
             "state": self.state,
             "end_reason": self.end_reason,
             "tracks": [{"mid": t.leg.record.meta.get("mid"), "leg_id": t.leg.id, "speaker": t.leg.speaker,
-                        "codec": t.leg.record.codec, "packets": t.packets} for t in self.taps],
+                        "codec": t.leg.record.codec, "packets": t.packets,
+                        "jitter": t.leg.media.stats()} for t in self.taps],  # live counters, as stored at the end
         }
