@@ -5,8 +5,11 @@
     offer.py       offer checks with clear errors, speaker labels per track
     session.py     one peer connection = one call; its end paths
     tap.py         RTP packets of a track → LiveLeg.push_rtp (our jitter buffer, not aiortc's)
+    opus.py        Opus-only peers: each packet decoded into a PCMU leg (G.711 is always preferred)
     ice.py         host addresses, remote candidate filter, ICE servers
     settings.py    WebRtcSettings (the [webrtc] section)
+    client.py      a softphone in Python (aiortc): tests and the benchmark
+    local.py       the whole service in-process on a loopback port: tests and the benchmark
     bench.py       capacity and caption latency measurements
 """
 
