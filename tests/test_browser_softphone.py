@@ -58,12 +58,17 @@ async def test_two_speaker_call_from_the_demo_page(tmp_path, fresh_database_url,
                 await page.click("#start")
                 await page.wait_for_selector("#call-id", timeout=15_000)
                 call_id = await page.locator("#call-id").inner_text()
-                # Live captions in the page, one per speaker, as finals.
-                for speaker in ("agent", "caller"):
-                    await page.wait_for_selector(f".caption.final[data-speaker='{speaker}']", timeout=30_000)
+                # Live captions in the page, one per speaker, as finals. The caller's short prompt ends
+                # first; then the caption socket drops: the client reconnects, the server replays the
+                # finals so far and the page must not show them twice.
+                await page.wait_for_selector(".caption.final[data-speaker='caller']", timeout=30_000)
+                await page.evaluate("window.dropped = window.telephonySession._socket; window.dropped.close()")
+                await page.wait_for_function("window.telephonySession._socket !== window.dropped"
+                                             " && window.telephonySession._socket.readyState === 1", timeout=10_000)
+                await page.wait_for_selector(".caption.final[data-speaker='agent']", timeout=30_000)
                 await page.click("#stop")
                 await page.wait_for_selector("#ended", timeout=30_000)
-                shown = {s: " ".join(await page.locator(f".caption.final[data-speaker='{s}'] .text").all_inner_texts())
+                shown = {s: await page.locator(f".caption.final[data-speaker='{s}'] .text").all_inner_texts()
                          for s in ("agent", "caller")}
                 # The calls pages read the same call back from PostgreSQL.
                 await page.goto(f"{svc.url}/calls/{call_id}")
@@ -88,8 +93,9 @@ async def test_two_speaker_call_from_the_demo_page(tmp_path, fresh_database_url,
     assert wer([prompt_text(AGENT_PROMPT)], [said["agent"]]) <= MAX_WER, said
     assert wer([prompt_text(CALLER_PROMPT)], [said["caller"]]) <= MAX_WER, said
     assert rows == len(utts)
-    # What the page showed live is what was stored.
-    assert wer([said["agent"]], [shown["agent"]]) == 0 and wer([said["caller"]], [shown["caller"]]) == 0
+    # What the page showed live is what was stored, each final once.
+    for s in ("agent", "caller"):
+        assert shown[s] == [u["text"] for u in utts if u["speaker"] == s]
 
 
 async def test_closing_the_tab_ends_the_call(tmp_path, fresh_database_url, db_engine):

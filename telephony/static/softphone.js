@@ -66,6 +66,7 @@ async function start() {
   if (!tracks.length) throw new Error("choose at least one source");
   status("Connecting…");
   session = await connect({ url: location.origin, token: token() || null, tracks });
+  window.telephonySession = session; // for a look from the console (and the browser test)
   session.on("partial", (c) => view.partial(c));
   session.on("final", (c) => view.final(c));
   session.on("state", ({ state }) => {
