@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import audioop
 import random
-import struct
 import time
 import uuid
 import wave
