@@ -212,3 +212,17 @@ async def test_two_instances_behind_kamailio_dispatcher_share_one_database(fresh
         assert ep_a.uas.requests["OPTIONS"] >= 1 and ep_b.uas.requests["OPTIONS"] >= 1
     assert wer([prompt_text("agent-pass")], [await transcript(fresh_database_url, "first")]) <= MAX_WER
     assert wer([prompt_text("pbx-invalid")], [await transcript(fresh_database_url, "second")]) <= MAX_WER
+
+
+async def test_bye_mid_sentence_keeps_the_last_words(fresh_database_url, tmp_path):
+    """The caller hangs up 2.5 s into a sentence: what was said up to the BYE is still transcribed and stored."""
+    audio = read_wav_g711(str(spoken(tmp_path, "agent-alreadyon")))[: int(8000 * 3.0)]  # 0.5 s pause + 2.5 s of speech
+    async with service(fresh_database_url, tmp_path) as (ep, manager):
+        uac = await RawUac(("127.0.0.1", ep.port)).open()
+        d = uac.dialog(display="Cut Off")
+        assert (await d.invite(sdp_offer(40000))).status == 200
+        await send_rtp(d.media_port(0), audio)
+        assert (await d.bye()).status == 200  # right after the last packet, mid-word
+        await uac.close()
+    said = (await transcript(fresh_database_url, "Cut Off")).lower()
+    assert "agent" in said and "already" in said, said
