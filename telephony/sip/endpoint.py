@@ -113,8 +113,8 @@ class SipEndpoint:
         s = self.settings
         _raise_fd_limit(4 * s.max_calls * s.max_streams + 256)  # two sockets per stream, plus slack
         await self.uas.start(s.port, s.udp, s.tcp)
-        if getattr(s, "tls", False):  # see settings.py: not yet a documented setting
-            await self.uas.transport.start_tls(s.host, getattr(s, "tls_port", 5061), s.tls_cert, getattr(s, "tls_key", ""))
+        if s.tls:
+            await self.uas.transport.start_tls(s.host, s.tls_port, s.tls_cert, s.tls_key)
         self.accepting = True
         log.info("SIP listening on %s %s (sip:%s@%s:%d)", s.host, self.uas.ports, s.user, s.announce, self.port)
 

@@ -1,8 +1,4 @@
-"""Settings of the SIP endpoint: the proposed ``[sip]`` section of telephony.toml.
-
-Kept here until telephony/config.py grows the section; the names and
-defaults are the ones to add there (``TELEPHONY_SIP_<KEY>`` in the environment).
-"""
+"""Settings of the SIP endpoint: the ``[sip]`` section of telephony.toml (``TELEPHONY_SIP_<KEY>`` in the environment)."""
 
 from __future__ import annotations
 
@@ -17,13 +13,17 @@ class SipSettings:
     port: int = 5060  # UDP and TCP
     udp: bool = True
     tcp: bool = True
+    tls: bool = False  # SIP over TLS, with a configured certificate and key (PEM)
+    tls_port: int = 5061
+    tls_cert: str = ""
+    tls_key: str = ""
     user: str = "transcribe"  # sip:transcribe@host:port
     rtp_port_min: int = 20000  # our RTP sockets (even port, RTCP on port+1)
     rtp_port_max: int = 30000
     allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # CIDRs that may send INVITEs
     max_calls: int = 200  # concurrent SIP dialogs; beyond: 503 + Retry-After
     retry_after_s: int = 5
-    rate_limit: float = 20.0  # INVITEs per second per source IP (0: off)
+    rate_limit: float = 20.0  # requests outside a call per second per source IP (0: off)
     rate_burst: int = 40
     correlation_header: str = "X-Call-Correlation"  # INVITEs sharing its value become legs of one call ("" off)
     speaker_from: str = "display"  # plain calls: label the leg from the From "display" name, its "user", or "fixed"
@@ -35,11 +35,6 @@ class SipSettings:
     session_expires_s: int = 1800  # RFC 4028 session timers (offered when the peer supports them)
     min_se_s: int = 90
     max_streams: int = 4  # audio streams accepted per INVITE (SIPREC: one per participant)
-
-    # Proposed, to be documented in config/telephony.toml before they become fields here
-    # (test_config requires every field documented): SIP over TLS.
-    #   tls = false        tls_port = 5061      tls_cert = "" (PEM)     tls_key = "" ("" = in tls_cert)
-    # Until then the endpoint reads them with getattr, so they can be set on an instance.
 
     @property
     def announce(self) -> str:
