@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   asterisk-core-sounds-en-wav asterisk-core-sounds-en  # real speech with published transcripts
   sox                                                  # audio fixtures (μ-law WAV)
+  baresip-core linphone-cli kamailio openssl           # independent SIP peers, a SIP proxy, TLS test certificates
+  chromium                                             # real browser for the WebRTC softphone tests
 )
 
 missing=()

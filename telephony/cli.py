@@ -135,6 +135,18 @@ async def cmd_db(args, settings) -> int:
 
 
 async def cmd_bench(args, settings) -> int:
+    if args.target == "sip":
+        from .sip.bench import main as sip_bench
+
+        await asyncio.to_thread(sip_bench, args.extra)
+        return 0
+    if args.target == "webrtc":
+        from .webrtc.bench import main as webrtc_bench
+
+        await asyncio.to_thread(webrtc_bench, args.extra)
+        return 0
+    if args.extra:
+        raise CliError(f"unrecognized arguments: {' '.join(args.extra)}", EXIT_USAGE)
     from .bench import run_bench
 
     await run_bench(settings, args)
@@ -191,13 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["upgrade", "current"])
     d.set_defaults(func=cmd_db)
 
-    b = sub.add_parser("bench", help="measure pipeline cost, ASR speed, WER and final latency; prints a table, writes JSON")
+    b = sub.add_parser("bench", help="measure pipeline cost, ASR speed, WER and final latency; prints a table, writes JSON",
+                       description="telephony bench [core] [options] | telephony bench sip [--help] | telephony bench webrtc [--help]")
+    b.add_argument("target", nargs="?", choices=["core", "sip", "webrtc"], default="core",
+                   help="core: pipeline, WER and latency (default); sip / webrtc: load from real peers over loopback")
     b.add_argument("--legs", type=int, default=10, help="concurrent real-time legs for the latency run")
     b.add_argument("--duration", type=float, default=60.0, help="seconds of audio per leg in the latency run")
     b.add_argument("--prompts", type=int, default=60, help="Asterisk prompts in the WER run")
     b.add_argument("--only", action="append", choices=["pipeline", "asr", "wer", "latency"], help="run only these parts")
     b.add_argument("--out", default="bench.json")
     b.set_defaults(func=cmd_bench)
+    b.add_argument("extra", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
 
