@@ -52,7 +52,7 @@ class MediaSettings:
 class VadSettings:
     engine: str = "silero"  # silero | webrtc
     threshold: float = 0.5  # silero speech probability
-    hangover_ms: int = 400  # silence that ends an utterance
+    hangover_ms: int = 300  # silence that ends an utterance
     min_speech_ms: int = 200  # shorter bursts are ignored
     max_utterance_s: float = 20.0  # an utterance is cut here even without a pause
     pre_roll_ms: int = 200  # audio kept before speech onset
@@ -65,9 +65,10 @@ class AsrSettings:
     compute_type: str = "int8"
     beam_size: int = 5
     window_s: float = 15.0  # encoder window for utterances that fit (Whisper's own is 30 s; shorter costs less)
-    workers: int = 2  # decode threads
+    workers: int = 2  # decode threads for finals (partials get one more, at low priority)
     cpu_threads: int = 1  # threads per decode
     partial_interval_ms: int = 1000  # 0 switches partials off
+    partial_budget: float = 0.1  # share of decode capacity partials may use (on their own low-priority thread)
     max_queue: int = 64  # pending decodes beyond this shed partials first, then delay intake (see README: overload)
     language: str = "en"
 
@@ -104,6 +105,8 @@ class Settings:
             raise ConfigError(f"vad.engine must be silero or webrtc, got {self.vad.engine!r}")
         if self.asr.engine not in ("whisper", "none"):
             raise ConfigError(f"asr.engine must be whisper or none, got {self.asr.engine!r}")
+        if not 0.0 <= self.asr.partial_budget <= 1.0:
+            raise ConfigError(f"asr.partial_budget must be within 0..1, got {self.asr.partial_budget}")
         if not 5.0 <= self.asr.window_s <= 30.0:
             raise ConfigError(f"asr.window_s must be within 5..30, got {self.asr.window_s}")
         if self.asr.workers < 1 or self.asr.beam_size < 1:

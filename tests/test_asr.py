@@ -88,7 +88,7 @@ async def test_live_session_emits_partials_before_the_final(engine):
     assert all(p.start_ms == final.start_ms for p in partials)  # drafts of the same utterance
 
 
-def test_scheduler_runs_finals_before_partials_and_survives_failures():
+def test_scheduler_runs_finals_oldest_first_and_survives_failures():
     sched = DecodeScheduler(workers=1, max_queue=4)
     gate = threading.Event()
     order = []
@@ -100,7 +100,7 @@ def test_scheduler_runs_finals_before_partials_and_survives_failures():
                 gate.wait(5)
             if fail:
                 raise RuntimeError("boom")
-            order.append((name, degraded))
+            order.append(name)
             return name
         return run
 
@@ -108,19 +108,36 @@ def test_scheduler_runs_finals_before_partials_and_survives_failures():
         done.release()
 
     sched.submit(FINAL, 0, job("block"), finished)
-    time.sleep(0.1)  # the worker is now busy
-    assert not sched.can_take_partial()
-    assert not sched.submit(PARTIAL, 1, job("p"), finished)  # no idle worker: partial refused
+    time.sleep(0.1)  # the only final worker is now busy
     sched.submit(FINAL, 3, job("late-final", fail=True), finished)
     sched.submit(FINAL, 2, job("early-final"), finished)
+    assert not sched.can_take_partial()  # finals wait: no drafts
+    assert not sched.submit(PARTIAL, 1, job("p"), finished)
     gate.set()
     for _ in range(3):
         assert done.acquire(timeout=5)
-    assert [n for n, _ in order] == ["block", "early-final"]  # oldest audio first; failure did not kill the worker
-    assert sched.submit(PARTIAL, 4, job("p2"), finished)
-    assert done.acquire(timeout=5)
+    assert order == ["block", "early-final"]  # oldest audio first; the failure did not kill the worker
     sched.close()
-    assert sched.stats["finals"] == 3 and sched.stats["partials"] == 1
+    assert sched.stats["finals"] == 3 and sched.stats["partials_skipped"] == 1
+
+
+def test_partials_run_beside_a_busy_final_within_their_budget():
+    sched = DecodeScheduler(workers=1, max_queue=4, partial_budget=0.1)
+    gate = threading.Event()
+    ran = threading.Semaphore(0)
+    sched.submit(FINAL, 0, lambda d: gate.wait(5), lambda r, e: ran.release())
+    time.sleep(0.05)
+    # The final worker is busy, but drafts have their own thread.
+    assert sched.submit(PARTIAL, 1, lambda d: time.sleep(1.2), lambda r, e: ran.release())
+    assert not sched.submit(PARTIAL, 2, lambda d: None, lambda r, e: None)  # one draft at a time
+    assert ran.acquire(timeout=5)
+    time.sleep(0.05)
+    assert not sched.can_take_partial()  # 1.2 s used; the bucket held 1 s and refills 0.1 s/s: in debt
+    gate.set()
+    assert ran.acquire(timeout=5)
+    time.sleep(1.2)
+    assert sched.can_take_partial()  # refilled
+    sched.close()
 
 
 def test_scheduler_degrades_to_greedy_when_finals_pile_up():

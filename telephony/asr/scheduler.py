@@ -1,14 +1,18 @@
 """Decode scheduling shared by every ASR session of the process.
 
-Worker threads run decodes off the event loop. The policy under load, in order:
-1. Finals before partials: a partial is only started when no final waits and a
-   worker stays idle for the next final even after the partial starts (a decode
-   cannot be interrupted, so a running partial would delay the final behind it);
-   each session has at most one partial in flight.
+Worker threads run decodes off the event loop (CTranslate2 releases the GIL).
+The policy under load, in order:
+1. Finals have their own ``workers`` threads; partials run on one extra thread
+   at low OS priority (nice 10), so a draft never holds a final's worker nor
+   its CPU: the kernel gives partials only what finals and the media loop leave.
+   Partials also stay within ``partial_budget`` of the decode capacity (a token
+   bucket of decode seconds): with many speakers each gets drafts less often.
+   A partial is only started when no final waits, and each session has at most
+   one in flight.
 2. Finals are never dropped. They are decoded oldest first (by end of audio).
 3. When more than ``max_queue`` finals wait, finals are decoded greedily
-   (beam 1, about twice as fast) until the backlog halves: accuracy gives
-   way a little so that latency stops growing.
+   (beam 1) until the backlog halves: accuracy gives way a little so that
+   latency stops growing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +29,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 FINAL, PARTIAL = 0, 1
+PARTIAL_NICE = 10
 
 
 @dataclass(order=True)
@@ -37,85 +43,118 @@ class Job:
 
 
 class DecodeScheduler:
-    def __init__(self, workers: int, max_queue: int):
-        self._workers = workers
-        self._reserve = 1 if workers > 1 else 0  # workers kept free for finals
+    def __init__(self, workers: int, max_queue: int, partial_budget: float = 0.1):
         self._max_queue = max_queue
-        self._heap: list[Job] = []
+        self._budget_rate = partial_budget * workers  # decode seconds per second that partials may use
+        self._credit = 1.0  # seconds of partial decoding available now (the bucket holds at most 1 s)
+        self._credit_at = time.monotonic()
+        self._finals: list[Job] = []
+        self._partial: Job | None = None
+        self._partial_busy = False
         self._cv = threading.Condition()
-        self._idle = 0
-        self._finals_waiting = 0
         self._degraded = False
         self._closed = False
         self._counter = itertools.count()
         self.stats = {"finals": 0, "partials": 0, "partials_skipped": 0, "degraded_finals": 0, "busy_s": 0.0}
-        self._threads = [threading.Thread(target=self._worker, name=f"asr-{i}", daemon=True) for i in range(workers)]
+        self._threads = [threading.Thread(target=self._final_worker, name=f"asr-final-{i}", daemon=True) for i in range(workers)]
+        if partial_budget > 0:
+            self._threads.append(threading.Thread(target=self._partial_worker, name="asr-partial", daemon=True))
         for t in self._threads:
             t.start()
 
     @property
     def finals_waiting(self) -> int:
-        return self._finals_waiting
+        return len(self._finals)
 
-    def _spare(self) -> int:
-        """Workers with nothing to do once the queued jobs are taken."""
-        return self._idle - len(self._heap)
+    def _partial_allowed(self) -> bool:
+        now = time.monotonic()
+        self._credit = min(1.0, self._credit + (now - self._credit_at) * self._budget_rate)
+        self._credit_at = now
+        return (not self._closed and not self._finals and self._partial is None and not self._partial_busy
+                and self._credit > 0 and self._budget_rate > 0)
 
     def can_take_partial(self) -> bool:
-        return self._finals_waiting == 0 and self._spare() > self._reserve and not self._closed
+        with self._cv:
+            return self._partial_allowed()
 
     def submit(self, priority: int, order: float, run, done, cancelled=lambda: False) -> bool:
+        job = Job(priority, order, next(self._counter), run, done, cancelled)
         with self._cv:
             if self._closed:
                 return False
-            if priority == PARTIAL and not (self._finals_waiting == 0 and self._spare() > self._reserve):
-                self.stats["partials_skipped"] += 1
-                return False
-            if priority == FINAL:
-                self._finals_waiting += 1
-                if self._finals_waiting > self._max_queue and not self._degraded:
+            if priority == PARTIAL:
+                if not self._partial_allowed():
+                    self.stats["partials_skipped"] += 1
+                    return False
+                self._partial = job
+            else:
+                heapq.heappush(self._finals, job)
+                if len(self._finals) > self._max_queue and not self._degraded:
                     self._degraded = True
-                    log.warning("ASR backlog %d finals: decoding greedily until it halves", self._finals_waiting)
-            heapq.heappush(self._heap, Job(priority, order, next(self._counter), run, done, cancelled))
-            self._cv.notify()
+                    log.warning("ASR backlog %d finals: decoding greedily until it halves", len(self._finals))
+            self._cv.notify_all()
             return True
 
-    def _worker(self) -> None:
+    def _final_worker(self) -> None:
         while True:
             with self._cv:
-                self._idle += 1
-                while not self._heap and not self._closed:
+                while not self._finals and not self._closed:
                     self._cv.wait()
-                if not self._heap:
-                    self._idle -= 1
+                if not self._finals:
                     return  # closed and drained
-                job = heapq.heappop(self._heap)
-                self._idle -= 1
-                if job.priority == FINAL:
-                    self._finals_waiting -= 1
-                    if self._degraded and self._finals_waiting <= self._max_queue // 2:
-                        self._degraded = False
-                degraded = self._degraded and job.priority == FINAL
-            if job.priority == PARTIAL and job.cancelled():
-                job.done(None, None)
-                continue
-            t0 = time.perf_counter()
-            try:
-                result, error = job.run(degraded), None
-            except BaseException as exc:  # a failed decode must not kill the worker
-                result, error = None, exc
-                log.exception("decode failed")
+                job = heapq.heappop(self._finals)
+                if self._degraded and len(self._finals) <= self._max_queue // 2:
+                    self._degraded = False
+                degraded = self._degraded
+            self._run(job, degraded)
+
+    def _partial_worker(self) -> None:
+        try:  # drafts only get the CPU that finals and the media loop leave
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PARTIAL_NICE)
+        except (OSError, AttributeError):
+            log.debug("could not lower the partial decoder's priority")
+        while True:
             with self._cv:
-                self.stats["busy_s"] += time.perf_counter() - t0
-                self.stats["finals" if job.priority == FINAL else "partials"] += 1
-                if degraded:
-                    self.stats["degraded_finals"] += 1
-            job.done(result, error)
+                while self._partial is None and not self._closed:
+                    self._cv.wait()
+                if self._partial is None:
+                    return
+                job, self._partial = self._partial, None
+                self._partial_busy = True
+            try:
+                if job.cancelled():
+                    job.done(None, None)
+                else:
+                    self._run(job, False)
+            finally:
+                with self._cv:
+                    self._partial_busy = False
+
+    def _run(self, job: Job, degraded: bool) -> None:
+        t0 = time.perf_counter()
+        try:
+            result, error = job.run(degraded), None
+        except BaseException as exc:  # a failed decode must not kill the worker
+            result, error = None, exc
+            log.exception("decode failed")
+        with self._cv:
+            took = time.perf_counter() - t0
+            self.stats["busy_s"] += took
+            if job.priority == FINAL:
+                self.stats["finals"] += 1
+                self.stats["degraded_finals"] += degraded
+            else:
+                self.stats["partials"] += 1
+                self._credit -= took
+        job.done(result, error)
 
     def close(self, timeout: float = 60.0) -> None:
-        """Finish every queued job, then stop the workers."""
+        """Finish every queued final (a pending partial is dropped), then stop the workers."""
         with self._cv:
             self._closed = True
+            if self._partial is not None:
+                self._partial.done(None, None)
+                self._partial = None
             self._cv.notify_all()
         deadline = time.monotonic() + timeout
         for t in self._threads:

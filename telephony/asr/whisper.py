@@ -47,7 +47,7 @@ class WhisperEngine:
         # faster-whisper loads the model and gives us its feature extractor and tokenizer;
         # decoding calls CTranslate2 directly so the encoder window can be shorter than 30 s.
         self._whisper = WhisperModel(str(path), device="cpu", compute_type=asr.compute_type,
-                                     cpu_threads=asr.cpu_threads, num_workers=asr.workers)
+                                     cpu_threads=asr.cpu_threads, num_workers=asr.workers + 1)  # + the partials thread
         self._ct2 = self._whisper.model
         self._features = self._whisper.feature_extractor
         multilingual = self._ct2.is_multilingual
@@ -57,7 +57,7 @@ class WhisperEngine:
         self._prompt = list(tok.sot_sequence) + [tok.no_timestamps]
         self._asr = asr
         self._vad = vad
-        self.scheduler = DecodeScheduler(asr.workers, asr.max_queue)
+        self.scheduler = DecodeScheduler(asr.workers, asr.max_queue, asr.partial_budget)
         prewarm()
 
     def decode(self, audio: np.ndarray, beam_size: int, window_s: float | None = None) -> tuple[str, float | None]:
