@@ -43,6 +43,7 @@ from .settings import WebRtcSettings
 NO_ASR_LEVELS = (1, 8, 16, 32, 48, 64)
 RAMP_S = 0.25  # between session starts
 CLIENT_WORKERS = 2  # softphone processes
+OTHER_BUSY_CORES = 0.25  # CPU used by other processes during a level above which a failure is retried
 # Packets arriving after their playout slot or never: above this share a call sounds broken
 # (G.711 without concealment degrades audibly from about 1 %). The SIP bench uses the same bound.
 MAX_LATE_OR_LOST_PCT = 1.0
@@ -386,8 +387,12 @@ def _ms(seconds):
 
 async def bench_webrtc(settings: Settings, *, no_asr_levels=NO_ASR_LEVELS, asr_levels=ASR_LEVELS, tracks: int = 2,
                        duration_s: float = 20.0, asr_duration_s: float = 40.0, p95_target_s: float = 1.5,
-                       data_dir: str | None = None, progress=print) -> dict:
+                       data_dir: str | None = None, attempts: int = 2, progress=print) -> dict:
     """Run the levels in order, each mode stopping at the first level not sustained.
+
+    A level that fails while other processes keep the machine busy (shared CI
+    runners, other benchmarks) is run again, up to ``attempts`` times; every
+    attempt is in the results.
 
     The service gets its own data directory (embedded PostgreSQL) unless
     ``data_dir`` is given, so benchmark calls never land in a real database.
@@ -408,10 +413,15 @@ async def bench_webrtc(settings: Settings, *, no_asr_levels=NO_ASR_LEVELS, asr_l
             webrtc = WebRtcSettings(max_sessions=max(levels) + 1, media_timeout_s=60.0)
             async with _Server(s, webrtc) as server:
                 for n in levels:
-                    level = await run_level(server, n, tracks, dur, asr, rng, prompts, window_s, p95_target_s)
-                    results["levels"].append(level)
-                    if progress:
-                        progress(_row(level))
+                    for attempt in range(1, attempts + 1):
+                        level = await run_level(server, n, tracks, dur, asr, rng, prompts, window_s, p95_target_s)
+                        level["attempt"] = attempt
+                        results["levels"].append(level)
+                        if progress:
+                            progress(_row(level))
+                        # On a shared machine a level that failed while others were busy gets another go.
+                        if level["sustained"] or level["other_cores"] < OTHER_BUSY_CORES:
+                            break
                     if not level["sustained"]:
                         break
     for asr in (False, True):
