@@ -49,24 +49,20 @@ def build_app(rt: Runtime, manager: CallManager, started: float) -> web.Applicat
 
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app["runtime"] = rt
-    app["manager"] = manager
     _mount_api(app, rt, manager)
     return app
 
 
 def _mount_api(app: web.Application, rt: Runtime, manager: CallManager) -> None:
     """Transcripts API, caption feeds, pages, OpenAPI and (if enabled) WebRTC signalling."""
-    from .api import ApiSettings, mount
-    from .webrtc import WebRtcGateway, WebRtcSettings
+    from .api import mount
+    from .webrtc import WebRtcGateway
 
     settings = rt.settings
-    api = getattr(settings, "api", None) or ApiSettings()
-    wrtc = getattr(settings, "webrtc", None) or WebRtcSettings()
     if manager.bus is None:
         manager.bus = CaptionBus()
-    gateway = WebRtcGateway(manager, wrtc) if wrtc.enabled else None
-    mount(app, manager=manager, database_url=rt.database_url, settings=api, webrtc=gateway)
+    gateway = WebRtcGateway(manager, settings.webrtc) if settings.webrtc.enabled else None
+    mount(app, manager=manager, database_url=rt.database_url, settings=settings.api, webrtc=gateway)
 
 
 async def serve(settings: Settings, *, ready_event: asyncio.Event | None = None) -> None:
@@ -79,7 +75,6 @@ async def serve(settings: Settings, *, ready_event: asyncio.Event | None = None)
         bus = CaptionBus()
         manager = CallManager(settings, rt.engine, rt.writer, bus)
         app = build_app(rt, manager, started)
-        app["bus"] = bus
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.service.http_host, settings.service.http_port)
@@ -101,17 +96,14 @@ async def serve(settings: Settings, *, ready_event: asyncio.Event | None = None)
 
 
 async def _start_endpoints(settings: Settings, manager: CallManager, app: web.Application, loop) -> list:
-    """Protocol endpoints that are present in this build (SIP, WebRTC)."""
-    endpoints = []
+    """The enabled protocol endpoints; each one's stop() ends its calls, storing their finals."""
+    from .sip.endpoint import SipEndpoint
     from .webrtc.signalling import GATEWAY
 
+    endpoints = []
     if app.get(GATEWAY) is not None:
-        endpoints.append(app[GATEWAY])  # stop() ends every WebRTC session, storing its finals
-    try:
-        from .sip.endpoint import SipEndpoint
-    except ImportError:
-        SipEndpoint = None
-    if SipEndpoint is not None and getattr(settings, "sip", None) is not None and settings.sip.enabled:
+        endpoints.append(app[GATEWAY])
+    if settings.sip.enabled:
         ep = SipEndpoint(settings, manager, loop)
         await ep.start()
         endpoints.append(ep)
