@@ -283,7 +283,7 @@ def _table(results: dict) -> str:
         l = results["latency"]
         rows += [(f"final latency p50, {l['legs']} live legs ({l['utterances']} utterances)", f"{l['latency_p50_s']} s", ""),
                  (f"final latency p95, {l['legs']} live legs", f"{l['latency_p95_s']} s", "≤ 1.2 s"),
-                 (f"WER in the live run", f"{l['wer'] * 100:.2f} %", ""),
+                 ("WER in the live run", f"{l['wer'] * 100:.2f} %", ""),
                  ("CPU cores used in the live run", f"{l['cpu_cores_used']}", "of 2")]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'measure':{width}}  {'value':>10}  target", "-" * (width + 22)]

@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Protocol
 
-import numpy as np
 
 from .asr import Final, Partial
 from .captions import Caption, CaptionBus

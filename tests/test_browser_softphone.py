@@ -9,7 +9,6 @@ speakers and the prompts' words.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -5,8 +5,6 @@ import time
 
 import numpy as np
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from telephony.accuracy import wer
 from telephony.calls import CallManager
@@ -17,6 +15,7 @@ from telephony.runtime import Runtime
 
 from .rtp_sender import impair, packets, play
 from .speech import prompt_8k, prompt_text, silence
+from .sql import rows
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +26,6 @@ def settings_for(url, tmp_path) -> Settings:
     s.service.data_dir = str(tmp_path)
     s.asr.partial_interval_ms = 500
     return s
-
-
-async def rows(url, sql, **params):
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [dict(r._mapping) for r in (await conn.execute(text(sql), params))]
-    finally:
-        await engine.dispose()
 
 
 async def test_two_speakers_each_on_their_own_leg_with_loss_and_reordering(fresh_database_url, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .speech import prompt_8k, prompt_text, silence, write_wav
+from .speech import prompt_8k, silence, write_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 PCAPS = ROOT.parent / "shared" / "testdata" / "pcaps"

@@ -407,7 +407,7 @@ async def test_call_over_tcp():
         sdp = sdp_offer(40000).encode()
 
         def request(method, cseq, to_tag=None, body=b""):
-            to = f"<sip:transcribe@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+            to = "<sip:transcribe@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
             lines = [f"{method} sip:transcribe@127.0.0.1 SIP/2.0",
                      f"Via: SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bK{method}{cseq}x",
                      'From: "Tcp Caller" <sip:tcp@127.0.0.1>;tag=t1', f"To: {to}", "Call-ID: tcp-call-1",

@@ -14,8 +14,6 @@ import time
 from contextlib import asynccontextmanager
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from telephony.accuracy import wer
 from telephony.calls import CallManager
@@ -27,18 +25,10 @@ from telephony.sip.settings import SipSettings
 
 from . import sip_peers as peers
 from .speech import prompt_8k, prompt_text, silence, write_wav
+from .sql import rows
 
 pytestmark = pytest.mark.slow
 MAX_WER = 0.2
-
-
-async def rows(url, sql, **params):
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [dict(r._mapping) for r in (await conn.execute(text(sql), params))]
-    finally:
-        await engine.dispose()
 
 
 @asynccontextmanager
