@@ -37,7 +37,7 @@ def offer(name: str) -> bytes:
 async def call_row(svc, call_id: str) -> dict:
     await svc.manager.flushed()
     for _ in range(100):  # the writer commits shortly after the journal has it
-        async with svc.app["runtime"].writer._engine.connect() as conn:
+        async with svc.rt.writer._engine.connect() as conn:
             row = (await conn.execute(text("SELECT source, status, external_id, meta FROM calls WHERE id = :id"),
                                       {"id": call_id})).mappings().first()
         if row is not None and row["status"] != "active":
