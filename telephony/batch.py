@@ -16,7 +16,7 @@ import numpy as np
 from .asr import Final
 from .config import Settings
 from .ingest import CallInput, PcmLegInput, RtpLegInput
-from .leg import FRAME_S, MediaLeg
+from .leg import MediaLeg, play_capture
 from .records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id, utcnow
 from .resample import Resampler
 
@@ -44,23 +44,12 @@ def _rtp_audio(leg: RtpLegInput, settings: Settings, duration_s: float):
     """Yield 16 kHz audio in ~FEED_S blocks, ticking the jitter buffer on capture time."""
     media = MediaLeg(leg.codec, settings.media)
     block: list[np.ndarray] = []
-    packets = leg.packets
-    i = 0
-    tick = 1
-    while tick * FRAME_S <= duration_s + 1e-9 or i < len(packets):
-        now = tick * FRAME_S
-        while i < len(packets) and packets[i][0] < now:
-            media.push_rtp(packets[i][1], packets[i][0])
-            i += 1
-        audio = media.tick(now)
-        if audio is not None:
-            block.append(audio)
-        tick += 1
-        if len(block) and sum(map(len, block)) >= FEED_S * 16000:
+    for audio in play_capture(media, leg.packets, duration_s):
+        block.append(audio)
+        if sum(map(len, block)) >= FEED_S * 16000:
             yield np.concatenate(block), media
             block = []
-    block.append(media.drain())
-    yield np.concatenate(block), media
+    yield (np.concatenate(block) if block else np.zeros(0, np.float32)), media
 
 
 def _pcm_audio(leg: PcmLegInput):

@@ -43,7 +43,7 @@ def _rtp_stream(pcm8k: np.ndarray, ssrc: int = 0xBE7C4) -> list[bytes]:
 # -- pipeline ---------------------------------------------------------------
 
 def bench_pipeline(settings: Settings, frames: int = 15000) -> dict:
-    from .leg import MediaLeg
+    from .leg import MediaLeg, play_capture
     from .vad import Endpointer
 
     prompts = asterisk_prompts(limit=20)
@@ -64,20 +64,12 @@ def bench_pipeline(settings: Settings, frames: int = 15000) -> dict:
         stream.append((n * 0.02 + rng.uniform(0, 0.03), build_rtp(0, n, n * 160, p.ssrc, p.payload)))
     stream.sort()
     leg = MediaLeg("PCMU", settings.media)
-    out = []
-    i = 0
     t0 = time.perf_counter()
     c0 = time.process_time()
-    for k in range(1, frames + 1):
-        now = k * 0.02
-        while i < len(stream) and stream[i][0] < now:
-            leg.push_rtp(stream[i][1], stream[i][0])
-            i += 1
-        audio = leg.tick(now)
-        if audio is not None:
-            out.append(audio)
+    out = list(play_capture(leg, stream, frames * 0.02))
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
+    frames = leg.frames
     us = cpu / frames * 1e6
     audio = np.concatenate(out)
     vad = Endpointer(settings.vad)

@@ -76,3 +76,22 @@ class MediaLeg:
         d = self.jitter.stats.as_dict()
         d["other_payload"] = self.other_payload
         return d
+
+
+def play_capture(media: MediaLeg, packets: list[tuple[float, bytes]], duration_s: float):
+    """Tick ``media`` on capture time: each packet enters the jitter buffer when it arrived.
+
+    Yields 16 kHz blocks as they complete, then the played-out tail. Files and the
+    benchmark use this; live legs are ticked by the wall clock instead.
+    """
+    i, tick = 0, 1
+    while tick * FRAME_S <= duration_s + 1e-9 or i < len(packets):
+        now = tick * FRAME_S
+        while i < len(packets) and packets[i][0] < now:
+            media.push_rtp(packets[i][1], packets[i][0])
+            i += 1
+        audio = media.tick(now)
+        if audio is not None:
+            yield audio
+        tick += 1
+    yield media.drain()
