@@ -17,6 +17,7 @@ from .asr import Final
 from .config import Settings
 from .ingest import CallInput, PcmLegInput, RtpLegInput
 from .leg import MediaLeg, play_capture
+from .media.audio import AudioFrame
 from .records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id, utcnow
 from .resample import Resampler
 
@@ -95,7 +96,7 @@ async def transcribe_call(call: CallInput, settings: Settings, engine, sink,
         source = _rtp_audio(leg, settings, call.duration_ms / 1000) if isinstance(leg, RtpLegInput) else _pcm_audio(leg)
         samples = 0
         for audio, media in source:
-            session.feed(audio)
+            session.feed(AudioFrame(audio, 16000))
             samples += len(audio)
             if progress:
                 progress(len(audio) / 16000)

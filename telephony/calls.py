@@ -20,6 +20,7 @@ from .asr import Final, Partial
 from .captions import Caption, CaptionBus
 from .config import Settings
 from .leg import FRAME_S, MediaLeg
+from .media.audio import AudioFrame
 from .pacer import Pacer
 from .records import CallEnd, CallRecord, LegEnd, LegRecord, Record, UtteranceRecord, new_id, utcnow
 
@@ -111,7 +112,7 @@ class LiveLeg:
 
     async def _feed_asr(self) -> None:
         async for chunk in self._pacer.chunks():
-            self._session.feed(chunk)
+            self._session.feed(AudioFrame(chunk, 16000))
         await self._session.finish()
 
     async def _consume_events(self) -> None:

@@ -10,6 +10,7 @@ from telephony.asr import Final, Partial, create_engine
 from telephony.asr.models import ModelError, resolve_model, verify
 from telephony.asr.scheduler import FINAL, PARTIAL, DecodeScheduler
 from telephony.config import Settings
+from telephony.media.audio import AudioFrame
 
 from .speech import prompt_8k, prompt_text, silence, telephone, to_16k
 
@@ -31,7 +32,7 @@ async def test_session_transcribes_a_prompt(engine):
     s = engine.open_session(start_ms=2000, realtime=False)
     task = asyncio.create_task(collect(s))
     for i in range(0, len(audio), 1600):
-        s.feed(audio[i:i + 1600])
+        s.feed(AudioFrame(audio[i:i + 1600], 16000))
     await s.finish()
     finals = [e for e in await task if isinstance(e, Final)]
     assert len(finals) == 1
@@ -44,7 +45,7 @@ async def test_hang_up_mid_utterance_still_gives_the_final(engine):
     audio = to_16k(telephone(prompt_8k("agent-loginok")))  # no pause after: the utterance is open at finish()
     s = engine.open_session(realtime=False)
     task = asyncio.create_task(collect(s))
-    s.feed(audio)
+    s.feed(AudioFrame(audio, 16000))
     await s.finish()
     finals = [e for e in await task if isinstance(e, Final)]
     assert len(finals) == 1 and "logged in" in finals[0].text.lower()
@@ -55,7 +56,7 @@ async def test_finals_come_in_order_and_silence_gives_no_text(engine):
     audio = to_16k(telephone(np.concatenate(parts)))
     s = engine.open_session(realtime=False)
     task = asyncio.create_task(collect(s))
-    s.feed(audio)
+    s.feed(AudioFrame(audio, 16000))
     await s.finish()
     finals = [e for e in await task if isinstance(e, Final)]
     assert [f.start_ms for f in finals] == sorted(f.start_ms for f in finals)
@@ -74,7 +75,7 @@ async def test_live_session_emits_partials_before_the_final(engine):
 
     task = asyncio.create_task(consume())
     for i in range(0, len(audio), 1600):  # real time: 100 ms per 100 ms
-        s.feed(audio[i:i + 1600])
+        s.feed(AudioFrame(audio[i:i + 1600], 16000))
         await asyncio.sleep(0.1)
     await s.finish()
     await task

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-import numpy as np
+from ..media.audio import AudioFrame
+from .base import SessionInfo
 
 
 class NullSession:
-    def feed(self, pcm16k: np.ndarray) -> None:
+    def feed(self, frame: AudioFrame) -> None:
         pass
 
     async def finish(self) -> None:
@@ -24,10 +25,13 @@ class NullSession:
 
 
 class NullEngine:
+    name = "none"
+    sample_rate = None  # no resampling for audio nobody listens to
+
     def backlog(self) -> int:
         return 0
 
-    def open_session(self, *, start_ms: int = 0, realtime: bool = True) -> NullSession:
+    def open_session(self, *, start_ms: int = 0, realtime: bool = True, info: SessionInfo | None = None) -> NullSession:
         return NullSession()
 
     async def close(self) -> None:

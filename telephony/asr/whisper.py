@@ -21,7 +21,8 @@ import numpy as np
 
 from ..config import AsrSettings, VadSettings
 from ..vad import RATE, Endpointer, Utterance, prewarm
-from .base import Final, Partial
+from ..media.audio import AudioFrame
+from .base import Final, Partial, SessionInfo
 from .models import resolve_model
 from .scheduler import FINAL, PARTIAL, DecodeScheduler
 
@@ -37,6 +38,9 @@ def compression_ratio(text: str) -> float:
 
 
 class WhisperEngine:
+    name = "whisper"
+    sample_rate = RATE
+
     def __init__(self, asr: AsrSettings, vad: VadSettings, data_dir: Path):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths only
         from faster_whisper import WhisperModel
@@ -99,7 +103,8 @@ class WhisperEngine:
         """Finals waiting for a decode worker (batch ingest waits on this instead of flooding the queue)."""
         return self.scheduler.finals_waiting
 
-    def open_session(self, *, start_ms: int = 0, realtime: bool = True) -> "WhisperSession":
+    def open_session(self, *, start_ms: int = 0, realtime: bool = True,
+                     info: SessionInfo | None = None) -> "WhisperSession":
         return WhisperSession(self, start_ms=start_ms, realtime=realtime)
 
     async def close(self) -> None:
@@ -125,10 +130,12 @@ class WhisperSession:
         self._finished = asyncio.Event()
 
     # -- input -------------------------------------------------------------
-    def feed(self, pcm16k: np.ndarray) -> None:
+    def feed(self, frame: AudioFrame) -> None:
         if self._finishing:
             raise RuntimeError("feed() after finish()")
-        audio = pcm16k.astype(np.float32) / 32768.0 if pcm16k.dtype == np.int16 else pcm16k
+        if frame.rate != RATE:
+            raise ValueError(f"whisper sessions take {RATE} Hz audio, got {frame.rate} Hz")
+        audio = frame.samples
         now = time.monotonic()
         for u in self._endpointer.feed(audio):
             self._submit_final(u, now - (self._endpointer.samples_seen - u.end) / RATE)
@@ -167,7 +174,7 @@ class WhisperSession:
 
         def done(result, error):
             text, conf = result if result else ("", None)
-            final = Final(text, start_ms, end_ms, conf, audio_end) if text else None
+            final = Final(text, start_ms, end_ms, conf, audio_end, engine="whisper") if text else None
             self._loop.call_soon_threadsafe(self._deliver, seq, final)
 
         self._engine.scheduler.submit(FINAL, audio_end, run, done)
