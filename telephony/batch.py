@@ -16,10 +16,10 @@ import numpy as np
 from .asr import Final
 from .config import Settings
 from .ingest import CallInput, PcmLegInput, RtpLegInput
-from .leg import MediaLeg, play_capture
+from .media.leg import MediaLeg, play_capture
 from .media.audio import AudioFrame
 from .records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id, utcnow
-from .resample import Resampler
+from .media.resample import Resampler
 
 FEED_S = 1.0  # audio handed to the session per step; the loop yields between steps
 

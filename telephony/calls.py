@@ -19,9 +19,9 @@ from typing import Protocol
 from .asr import Final, Partial
 from .captions import Caption, CaptionBus
 from .config import Settings
-from .leg import FRAME_S, MediaLeg
+from .media.leg import FRAME_S, MediaLeg
 from .media.audio import AudioFrame
-from .pacer import Pacer
+from .media.pacer import Pacer
 from .records import CallEnd, CallRecord, LegEnd, LegRecord, Record, UtteranceRecord, new_id, utcnow
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ class CliError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .asr.models import ModelError
     from .formats import FormatError
-    from .g711 import CodecError
+    from .media.g711 import CodecError
     from .ingest import IngestError
     from .store.database import DatabaseError
     from .store.journal import JournalError
@@ -136,18 +136,18 @@ async def cmd_db(args, settings) -> int:
 
 async def cmd_bench(args, settings) -> int:
     if args.target == "sip":
-        from .sip.bench import main as sip_bench
+        from .bench.sip import main as sip_bench
 
         await asyncio.to_thread(sip_bench, args.extra)
         return 0
     if args.target == "webrtc":
-        from .webrtc.bench import main as webrtc_bench
+        from .bench.webrtc import main as webrtc_bench
 
         await asyncio.to_thread(webrtc_bench, args.extra)
         return 0
     if args.extra:
         raise CliError(f"unrecognized arguments: {' '.join(args.extra)}", EXIT_USAGE)
-    from .bench import run_bench
+    from .bench.core import run_bench
 
     await run_bench(settings, args)
     return 0

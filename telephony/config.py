@@ -73,10 +73,78 @@ class AsrSettings:
     language: str = "en"
 
 
-# The endpoints' sections live beside their code; they are part of the same file and environment.
-from .api.settings import ApiSettings  # noqa: E402
-from .sip.settings import SipSettings  # noqa: E402
-from .webrtc.settings import WebRtcSettings  # noqa: E402
+@dataclass
+class SipSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"  # address the SIP listeners and RTP sockets bind to, and that our SDP announces
+    public_host: str = ""  # address to announce in Contact/SDP when behind NAT; empty: host
+    port: int = 5060  # UDP and TCP
+    udp: bool = True
+    tcp: bool = True
+    tls: bool = False  # SIP over TLS, with a configured certificate and key (PEM)
+    tls_port: int = 5061
+    tls_cert: str = ""
+    tls_key: str = ""
+    user: str = "transcribe"  # sip:transcribe@host:port
+    rtp_port_min: int = 20000  # our RTP sockets (even port, RTCP on port+1)
+    rtp_port_max: int = 30000
+    allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # CIDRs that may send INVITEs
+    max_calls: int = 200  # concurrent SIP dialogs; beyond: 503 + Retry-After
+    retry_after_s: int = 5
+    rate_limit: float = 20.0  # requests outside a call per second per source IP (0: off)
+    rate_burst: int = 40
+    correlation_header: str = "X-Call-Correlation"  # INVITEs sharing its value become legs of one call ("" off)
+    speaker_from: str = "display"  # plain calls: label the leg from the From "display" name, its "user", or "fixed"
+    speaker_fixed: str = "caller"
+    siprec_fallback_speakers: list[str] = field(default_factory=lambda: ["caller", "callee"])  # no metadata: by stream order
+    auth_user: str = ""  # digest authentication of INVITEs (RFC 3261 22) when auth_password is set
+    auth_password: str = ""
+    auth_realm: str = "telephony"
+    session_expires_s: int = 1800  # RFC 4028 session timers (offered when the peer supports them)
+    min_se_s: int = 90
+    max_streams: int = 4  # audio streams accepted per INVITE (SIPREC: one per participant)
+
+    @property
+    def announce(self) -> str:
+        return self.public_host or self.host
+
+
+@dataclass
+class WebRtcSettings:
+    enabled: bool = True
+    # ICE servers as URLs ("stun:host:port", "turn:host:port?transport=udp"); none by default, so
+    # nothing is ever sent to a third party. TURN credentials: ice_username / ice_credential.
+    ice_servers: list[str] = field(default_factory=list)
+    ice_username: str = ""
+    ice_credential: str = ""
+    # Addresses our host candidates use. Default loopback, matching service.http_host's default.
+    host_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # Remote candidates outside these networks are dropped from offers before ICE, so an offer can
+    # never make the service send connectivity checks elsewhere (empty list: accept any).
+    remote_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # In order of preference. Opus (only chosen when an offer has no G.711) is transcoded to PCMU.
+    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "opus"])
+    max_sessions: int = 50  # concurrent peer connections; beyond: 503 + Retry-After
+    retry_after_s: int = 5
+    max_tracks: int = 4  # audio m-lines accepted per offer
+    max_sdp_bytes: int = 65536  # larger offers: 413
+    connect_timeout_s: float = 15.0  # offer answered but ICE+DTLS not up by then: the call ends as failed
+    media_timeout_s: float = 20.0  # connected but no RTP on any track this long: the call ends
+    max_duration_s: float = 4 * 3600.0  # a session is ended after this long, whatever happens
+
+
+@dataclass
+class ApiSettings:
+    # Bearer tokens accepted for /api/* and /webrtc/* (any one of them). Empty: no token, and then
+    # only loopback clients addressing the service by a loopback host name are let in.
+    tokens: list[str] = field(default_factory=list)
+    # Origins (scheme://host[:port]) whose pages may call the API (CORS) and open caption sockets;
+    # "*" allows any. The service's own pages are always allowed.
+    cors_origins: list[str] = field(default_factory=list)
+    max_caption_clients: int = 200  # concurrent caption WebSocket/SSE feeds; beyond: 503
+    caption_queue: int = 256  # events buffered per feed client before its oldest are dropped
+    caption_history: int = 500  # finals kept per live call, replayed to a (re)connecting per-call feed
+    max_json_bytes: int = 131072  # JSON request bodies (signalling)
 
 
 @dataclass

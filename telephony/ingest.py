@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import dpkt
 import numpy as np
 
-from telephony.rtp import PAYLOAD_TYPES, RtpError, parse_rtp
+from telephony.media.rtp import PAYLOAD_TYPES, RtpError, parse_rtp
 
 with warnings.catch_warnings():
     # stdlib on 3.11/3.12 (deprecated there), audioop-lts from 3.13.

@@ -16,11 +16,11 @@ import numpy as np
 from .calls import CallManager
 from .captions import CaptionBus
 from .config import Settings
-from .g711 import encode
+from .media.g711 import encode
 from .ingest import PcmLegInput, RtpLegInput, load_call
 from .records import CallRecord, new_id, utcnow
-from .resample import Resampler
-from .rtp import build_rtp
+from .media.resample import Resampler
+from .media.rtp import build_rtp
 from .runtime import Runtime
 
 

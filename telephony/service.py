@@ -1,9 +1,13 @@
-"""``telephony serve``: the long-running service.
+"""The running service, one lifecycle for every way it runs: ``telephony serve``, replay, the
+benchmarks and the tests.
 
-HTTP (health and readiness now; the WebRTC signalling and transcripts API
-plug in here), the SIP endpoint, and the call manager they feed.  SIGINT or
-SIGTERM: stop taking calls, finish every open ASR session, store every final,
-then exit.
+    start: storage (database → migrations → journal → writer) → ASR engine → call manager
+           → HTTP (health, API, captions, WebRTC signalling) → SIP
+    stop:  stop taking calls → endpoints end their calls (BYE / peer close) → every open call
+           ends (jitter buffers played out, open utterances decoded, last finals stored)
+           → HTTP closes → engine → writer (last, so every final is written or journalled)
+
+SIGINT or SIGTERM on ``telephony serve`` runs ``stop``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ import logging
 import signal
 import time
 
-from aiohttp import web
-
 from .calls import CallManager
 from .captions import CaptionBus
 from .config import Settings
@@ -23,46 +25,132 @@ from .runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def build_app(rt: Runtime, manager: CallManager, started: float) -> web.Application:
-    app = web.Application(client_max_size=1 << 20)
+class Service:
+    """``http``/``sip``/``webrtc``: which faces to open (None: as the settings say)."""
 
-    def status() -> dict:
-        w = rt.writer
+    def __init__(self, settings: Settings, *, http: bool = True, sip: bool | None = None,
+                 webrtc: bool | None = None, asr: bool = True):
+        self.settings = settings
+        self._http = http
+        self._sip = settings.sip.enabled if sip is None else sip
+        self._webrtc = (settings.webrtc.enabled if webrtc is None else webrtc) and http
+        self._asr = asr
+        self.started = time.monotonic()
+        self.runtime: Runtime | None = None
+        self.manager: CallManager | None = None
+        self.app = None
+        self.gateway = None  # WebRtcGateway
+        self.sip = None  # SipEndpoint
+        self.port = 0  # HTTP port actually bound
+        self._runner = None
+        self._stopped = False
+
+    # -- what the parts are --------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.service.http_host}:{self.port}"
+
+    @property
+    def writer(self):
+        return self.runtime.writer
+
+    @property
+    def engine(self):
+        return self.runtime.engine
+
+    @property
+    def database_url(self) -> str:
+        return self.runtime.database_url
+
+    def status(self) -> dict:
+        """What /health shows: the process's own view of itself."""
+        w = self.runtime.writer
         return {
             "status": "ok",
-            "accepting_calls": manager.accepting,
-            "active_calls": manager.active_calls,
+            "accepting_calls": self.manager.accepting,
+            "active_calls": self.manager.active_calls,
             "database": "up" if w.db_up else "down",
             "journal_pending": w.pending,
-            "asr_backlog": rt.engine.backlog() if rt.engine is not None else 0,
-            "uptime_s": round(time.monotonic() - started, 1),
+            "asr_backlog": self.engine.backlog() if self.engine is not None else 0,
+            "uptime_s": round(time.monotonic() - self.started, 1),
         }
 
-    async def health(_request: web.Request) -> web.Response:
-        # Alive: answers as long as the process and its loop run. Database trouble shows in the body.
-        return web.json_response(status())
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> "Service":
+        self.runtime = Runtime(self.settings, asr=self._asr)
+        await self.runtime.__aenter__()
+        try:
+            self.manager = CallManager(self.settings, self.runtime.engine, self.runtime.writer, CaptionBus())
+            if self._http:
+                await self._start_http()
+            if self._sip:
+                from .sip.endpoint import SipEndpoint
 
-    async def ready(_request: web.Request) -> web.Response:
-        body = status()
-        ok = body["accepting_calls"] and body["database"] == "up"
-        return web.json_response(body, status=200 if ok else 503)
+                self.sip = SipEndpoint(self.settings, self.manager)
+                await self.sip.start()
+        except BaseException:
+            await self._close_parts()
+            raise
+        return self
 
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    _mount_api(app, rt, manager)
-    return app
+    async def _start_http(self) -> None:
+        from aiohttp import web
 
+        from .api import mount
 
-def _mount_api(app: web.Application, rt: Runtime, manager: CallManager) -> None:
-    """Transcripts API, caption feeds, pages, OpenAPI and (if enabled) WebRTC signalling."""
-    from .api import mount
-    from .webrtc import WebRtcGateway
+        self.app = web.Application(client_max_size=1 << 20)
 
-    settings = rt.settings
-    if manager.bus is None:
-        manager.bus = CaptionBus()
-    gateway = WebRtcGateway(manager, settings.webrtc) if settings.webrtc.enabled else None
-    mount(app, manager=manager, database_url=rt.database_url, settings=settings.api, webrtc=gateway)
+        async def health(_request):
+            # Alive: answers as long as the process and its loop run. Database trouble shows in the body.
+            return web.json_response(self.status())
+
+        async def ready(_request):
+            body = self.status()
+            ok = body["accepting_calls"] and body["database"] == "up"
+            return web.json_response(body, status=200 if ok else 503)
+
+        self.app.router.add_get("/health", health)
+        self.app.router.add_get("/ready", ready)
+        if self._webrtc:
+            from .webrtc import WebRtcGateway
+
+            self.gateway = WebRtcGateway(self.manager, self.settings.webrtc)
+        mount(self.app, manager=self.manager, database_url=self.runtime.database_url,
+              settings=self.settings.api, webrtc=self.gateway)
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.service.http_host, self.settings.service.http_port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop taking calls, end every call storing its last words, then close. Idempotent."""
+        if self._stopped or self.manager is None:
+            return
+        self._stopped = True
+        log.info("stopping: no new calls; finishing %d open calls", self.manager.active_calls)
+        self.manager.accepting = False
+        try:
+            for endpoint in (self.gateway, self.sip):
+                if endpoint is not None:
+                    await endpoint.stop()
+            await self.manager.shutdown()
+        finally:
+            await self._close_parts()
+
+    async def _close_parts(self) -> None:
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+        finally:
+            if self.runtime is not None:
+                await self.runtime.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> "Service":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
 
 
 async def serve(settings: Settings, *, ready_event: asyncio.Event | None = None) -> None:
@@ -70,41 +158,14 @@ async def serve(settings: Settings, *, ready_event: asyncio.Event | None = None)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    started = time.monotonic()
-    async with Runtime(settings) as rt:
-        bus = CaptionBus()
-        manager = CallManager(settings, rt.engine, rt.writer, bus)
-        app = build_app(rt, manager, started)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.service.http_host, settings.service.http_port)
-        await site.start()
-        endpoints = await _start_endpoints(settings, manager, app, loop)
-        log.info("serving HTTP on http://%s:%d", settings.service.http_host, settings.service.http_port)
-        print(f"telephony: serving on http://{settings.service.http_host}:{settings.service.http_port} "
-              f"(data in {settings.data_dir})", flush=True)
+    service = Service(settings)
+    await service.start()
+    try:
+        log.info("serving HTTP on %s", service.url)
+        print(f"telephony: serving on {service.url} (data in {settings.data_dir})", flush=True)
         if ready_event is not None:
             ready_event.set()
         await stop.wait()
-        log.info("stopping: no new calls; finishing %d open calls", manager.active_calls)
-        manager.accepting = False
-        for ep in endpoints:
-            await ep.stop()
-        await manager.shutdown()
-        await runner.cleanup()
+    finally:
+        await service.stop()
     print("telephony: stopped", flush=True)
-
-
-async def _start_endpoints(settings: Settings, manager: CallManager, app: web.Application, loop) -> list:
-    """The enabled protocol endpoints; each one's stop() ends its calls, storing their finals."""
-    from .sip.endpoint import SipEndpoint
-    from .webrtc.signalling import GATEWAY
-
-    endpoints = []
-    if app.get(GATEWAY) is not None:
-        endpoints.append(app[GATEWAY])
-    if settings.sip.enabled:
-        ep = SipEndpoint(settings, manager, loop)
-        await ep.start()
-        endpoints.append(ep)
-    return endpoints

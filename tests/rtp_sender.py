@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from telephony.g711 import encode
-from telephony.rtp import build_rtp
+from telephony.media.g711 import encode
+from telephony.media.rtp import build_rtp
 
 
 def packets(pcm8k: np.ndarray, ssrc: int = 0x1234, seq0: int = 0, ts0: int = 0, codec: str = "PCMU") -> list[bytes]:

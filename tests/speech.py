@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from telephony.accuracy import SOUNDS, asterisk_prompts
-from telephony.g711 import decoder, encode
-from telephony.resample import Resampler
+from telephony.bench.accuracy import SOUNDS, asterisk_prompts
+from telephony.media.g711 import decoder, encode
+from telephony.media.resample import Resampler
 
 
 def prompt_8k(name: str) -> np.ndarray:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from telephony.batch import transcribe_call
-from telephony.bench import bench_wer
+from telephony.bench.core import bench_wer
 from telephony.config import Settings
 from telephony.ingest import load_call
 

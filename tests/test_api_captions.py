@@ -11,13 +11,13 @@ import pytest
 from telephony.api import ApiSettings
 from telephony.captions import Caption
 from telephony.records import CallRecord, new_id, utcnow
-from telephony.webrtc.local import LocalService, local_settings
+from telephony.bench.local import local_settings
+from telephony.service import Service
 
 
 @pytest.fixture
 async def svc(tmp_path, fresh_database_url):
-    async with LocalService(local_settings(tmp_path, fresh_database_url),
-                            api=ApiSettings(max_caption_clients=3)) as s:
+    async with Service(local_settings(tmp_path, fresh_database_url, api=ApiSettings(max_caption_clients=3))) as s:
         async with aiohttp.ClientSession(s.url) as http:
             s.http = http
             yield s
@@ -112,8 +112,8 @@ async def test_feed_of_an_ended_call_replays_and_closes(svc):
 
 async def test_feed_of_a_stored_call_from_before_this_process(svc):
     rec = CallRecord(id=new_id(), source="file", started_at=utcnow())
-    await svc.rt.writer.submit(rec)
-    assert await svc.rt.writer.flush(10)
+    await svc.runtime.writer.submit(rec)
+    assert await svc.runtime.writer.flush(10)
     async with svc.http.ws_connect(f"/api/calls/{rec.id}/captions") as ws:
         hello, end = await receive(ws, 2)
         assert hello["live"] is False and end == {"type": "call_end", "call_id": rec.id}

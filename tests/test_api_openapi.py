@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from telephony.api.openapi import document
-from telephony.webrtc.local import LocalService, local_settings
+from telephony.bench.local import local_settings
+from telephony.service import Service
 
 
 async def test_every_route_is_documented(tmp_path, fresh_database_url):
-    async with LocalService(local_settings(tmp_path, fresh_database_url)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url)) as svc:
         async with aiohttp.ClientSession(svc.url) as http:
             async with http.get("/openapi.json") as r:
                 assert r.status == 200
@@ -52,7 +53,7 @@ def live_url(database_url, tmp_path_factory):
     async def run():
         state["stop"] = asyncio.Event()
         settings_ = local_settings(tmp_path_factory.mktemp("svc"), database_url)
-        async with LocalService(settings_) as svc:
+        async with Service(settings_) as svc:
             state["url"] = svc.url
             ready.set()
             await state["stop"].wait()

@@ -14,7 +14,8 @@ from aiohttp.test_utils import make_mocked_request
 
 from telephony.api import ApiSettings
 from telephony.api.auth import auth_middleware
-from telephony.webrtc.local import LocalService, local_settings
+from telephony.bench.local import local_settings
+from telephony.service import Service
 
 CHROME_OFFER = Path("/work/shared/testdata/webrtc_sdp/aiortc_audio_chrome.sdp").read_bytes()
 
@@ -22,7 +23,7 @@ CHROME_OFFER = Path("/work/shared/testdata/webrtc_sdp/aiortc_audio_chrome.sdp").
 @pytest.fixture
 async def locked(tmp_path, fresh_database_url):
     api = ApiSettings(tokens=["s3cret-one", "s3cret-two"], cors_origins=["https://softphone.example"])
-    async with LocalService(local_settings(tmp_path, fresh_database_url), api=api) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url, api=api)) as svc:
         async with aiohttp.ClientSession(svc.url) as http:
             svc.http = http
             yield svc
@@ -30,7 +31,7 @@ async def locked(tmp_path, fresh_database_url):
 
 @pytest.fixture
 async def open_(tmp_path, fresh_database_url):
-    async with LocalService(local_settings(tmp_path, fresh_database_url)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url)) as svc:
         async with aiohttp.ClientSession(svc.url) as http:
             svc.http = http
             yield svc

@@ -8,7 +8,8 @@ import aiohttp
 import pytest
 
 from telephony.records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id
-from telephony.webrtc.local import LocalService, local_settings
+from telephony.bench.local import local_settings
+from telephony.service import Service
 
 T0 = datetime(2026, 11, 23, 9, 0, 0, tzinfo=timezone.utc)
 
@@ -43,8 +44,8 @@ async def seed(writer) -> dict:
 
 @pytest.fixture
 async def api(tmp_path, fresh_database_url):
-    async with LocalService(local_settings(tmp_path, fresh_database_url)) as svc:
-        svc.ids = await seed(svc.rt.writer)
+    async with Service(local_settings(tmp_path, fresh_database_url)) as svc:
+        svc.ids = await seed(svc.runtime.writer)
         async with aiohttp.ClientSession(svc.url) as http:
             svc.http = http
             yield svc
@@ -148,7 +149,7 @@ async def test_live_calls(api):
 
 
 async def test_database_away_is_503_not_a_traceback(tmp_path, restartable_database):
-    async with LocalService(local_settings(tmp_path, restartable_database.url)) as svc:
+    async with Service(local_settings(tmp_path, restartable_database.url)) as svc:
         async with aiohttp.ClientSession(svc.url) as http:
             restartable_database.stop()
             try:

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from telephony.accuracy import wer
+from telephony.bench.accuracy import wer
 from telephony.asr import Final, Partial, create_engine
 from telephony.asr.models import ModelError, resolve_model, verify
 from telephony.asr.scheduler import FINAL, PARTIAL, DecodeScheduler

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from telephony.accuracy import wer
-from telephony.webrtc.local import LocalService, local_settings
+from telephony.bench.accuracy import wer
+from telephony.bench.local import local_settings
+from telephony.service import Service
 
 from .speech import prompt_8k, prompt_text, silence, write_wav
 
@@ -45,7 +46,7 @@ async def test_two_speaker_call_from_the_demo_page(tmp_path, fresh_database_url,
     agent_wav = write_wav(tmp_path / "agent.wav", np.concatenate([silence(0.5), prompt_8k(AGENT_PROMPT), silence(8)]))
     caller_wav = write_wav(tmp_path / "caller.wav", np.concatenate([silence(1.0), prompt_8k(CALLER_PROMPT), silence(1.5)]))
     errors: list[str] = []
-    async with LocalService(local_settings(tmp_path / "svc", fresh_database_url, asr="whisper")) as svc:
+    async with Service(local_settings(tmp_path / "svc", fresh_database_url, asr="whisper")) as svc:
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(agent_wav))
             try:
@@ -102,7 +103,7 @@ async def test_closing_the_tab_ends_the_call(tmp_path, fresh_database_url, db_en
     from playwright.async_api import async_playwright
 
     mic = write_wav(tmp_path / "mic.wav", np.concatenate([prompt_8k(CALLER_PROMPT), silence(20)]))
-    async with LocalService(local_settings(tmp_path / "svc", fresh_database_url)) as svc:
+    async with Service(local_settings(tmp_path / "svc", fresh_database_url)) as svc:
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(mic))
             try:

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from telephony.accuracy import wer
+from telephony.bench.accuracy import wer
 from telephony.calls import CallManager
 from telephony.captions import CaptionBus
 from telephony.config import Settings

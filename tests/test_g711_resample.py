@@ -1,7 +1,7 @@
 import numpy as np
 
-from telephony.g711 import SILENCE, decoder, encode
-from telephony.resample import Resampler
+from telephony.media.g711 import SILENCE, decoder, encode
+from telephony.media.resample import Resampler
 
 
 def test_silence_patterns_decode_to_near_zero():

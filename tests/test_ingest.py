@@ -31,7 +31,7 @@ from telephony.ingest import (
     _party_name,
     load_call,
 )
-from telephony.rtp import build_rtp, parse_rtp
+from telephony.media.rtp import build_rtp, parse_rtp
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telephony.config import MediaSettings
-from telephony.jitter import STUCK_S, JitterBuffer
-from telephony.rtp import RtpPacket
+from telephony.media.jitter import STUCK_S, JitterBuffer
+from telephony.media.rtp import RtpPacket
 
 SIL = b"\xff"
 FRAME = 160  # samples (= bytes for G.711) per 20 ms

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from telephony.pacer import Pacer
+from telephony.media.pacer import Pacer
 
 
 class VirtualClock:

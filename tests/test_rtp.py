@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from telephony.rtp import RtpError, build_rtp, parse_rtp
+from telephony.media.rtp import RtpError, build_rtp, parse_rtp
 
 
 def test_round_trip_basic_fields():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from telephony.sip.bench import run_once, speech, sustained
+from telephony.bench.sip import run_once, speech, sustained
 
 
 def _result(asr, sent=1000, received=1000, late=0, **extra):

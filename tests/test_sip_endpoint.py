@@ -21,8 +21,8 @@ from telephony.calls import CallManager
 from telephony.config import Settings
 from telephony.records import CallEnd, CallRecord, LegEnd, LegRecord
 from telephony.sip.endpoint import SipEndpoint
-from telephony.sip.loadgen import Impairment, RawUac, parse_response, read_wav_g711, sdp_offer, send_rtp
-from telephony.sip.settings import SipSettings
+from telephony.bench.sip_loadgen import Impairment, RawUac, parse_response, read_wav_g711, sdp_offer, send_rtp
+from telephony.config import SipSettings
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 PROMPT = "/usr/share/asterisk/sounds/en/hello-world.wav"
@@ -514,7 +514,7 @@ def test_settings_from_the_service_config_section():
 
 
 async def test_audio_queued_at_hang_up_is_not_thrown_away():
-    from telephony.rtp import build_rtp
+    from telephony.media.rtp import build_rtp
 
     async with running() as (ep, uac, records, manager):
         d = uac.dialog()

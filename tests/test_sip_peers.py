@@ -15,13 +15,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from telephony.accuracy import wer
+from telephony.bench.accuracy import wer
 from telephony.calls import CallManager
 from telephony.config import Settings
 from telephony.runtime import Runtime
 from telephony.sip.endpoint import SipEndpoint
-from telephony.sip.loadgen import Impairment, RawUac, read_wav_g711, sdp_offer, send_rtp
-from telephony.sip.settings import SipSettings
+from telephony.bench.sip_loadgen import Impairment, RawUac, read_wav_g711, sdp_offer, send_rtp
+from telephony.config import SipSettings
 
 from . import sip_peers as peers
 from .speech import prompt_8k, prompt_text, silence, write_wav

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from telephony.config import Settings
-from telephony.webrtc.bench import bench_webrtc, table
+from telephony.bench.webrtc import bench_webrtc, table
 
 
 @pytest.mark.slow

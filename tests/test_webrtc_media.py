@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from telephony.accuracy import wer
-from telephony.webrtc.client import WebRtcClient, WireLoss
-from telephony.webrtc.local import LocalService, local_settings
-from telephony.webrtc.settings import WebRtcSettings
+from telephony.bench.accuracy import wer
+from telephony.bench.webrtc_client import WebRtcClient, WireLoss
+from telephony.bench.local import local_settings
+from telephony.service import Service
+from telephony.config import WebRtcSettings
 
 from .speech import prompt_8k, prompt_text, silence
 
@@ -47,7 +48,7 @@ async def test_two_tracks_are_two_speakers_transcribed_on_the_call_timeline(tmp_
     second_at_ms = (len(prompt_8k(first)) + 2.5 * 8000) / 8
     customer = np.concatenate([silence(1.0), prompt_8k(other), silence(1.2)])
     loss = WireLoss(lambda track, n: track == 0 and n % 10 == 5)
-    async with LocalService(local_settings(tmp_path, fresh_database_url, asr="whisper")) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url, asr="whisper")) as svc:
         async with aiohttp.ClientSession() as http:
             client = WebRtcClient(svc.url, [(agent, "agent"), (customer, "customer")], loss=loss)
             await client.start(http)
@@ -76,7 +77,7 @@ async def test_packet_loss_becomes_silence_and_counts(tmp_path, fresh_database_u
     """1 in 10 packets and a burst of 5 never arrive: counted lost, filled with silence, timeline = wall clock."""
     pcm = np.concatenate([prompt_8k("auth-thankyou"), silence(1.0)])
     loss = WireLoss(lambda track, n: n % 10 == 3 or 60 <= n < 65)
-    async with LocalService(local_settings(tmp_path, fresh_database_url)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url)) as svc:
         async with aiohttp.ClientSession() as http:
             client = WebRtcClient(svc.url, [(pcm, "caller")], loss=loss)
             await client.start(http)
@@ -97,7 +98,7 @@ async def test_packet_loss_becomes_silence_and_counts(tmp_path, fresh_database_u
 
 async def test_peer_closing_the_connection_ends_the_call(tmp_path, fresh_database_url, db_engine):
     """A closed tab: the browser tears DTLS down without any DELETE."""
-    async with LocalService(local_settings(tmp_path, fresh_database_url)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url)) as svc:
         async with aiohttp.ClientSession() as http:
             client = WebRtcClient(svc.url, [(silence(5), "caller")])
             await client.start(http)
@@ -118,8 +119,7 @@ async def test_peer_closing_the_connection_ends_the_call(tmp_path, fresh_databas
 
 
 async def test_connected_session_without_media_times_out(tmp_path, fresh_database_url, db_engine):
-    async with LocalService(local_settings(tmp_path, fresh_database_url),
-                            webrtc=WebRtcSettings(media_timeout_s=0.6)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url, webrtc=WebRtcSettings(media_timeout_s=0.6))) as svc:
         async with aiohttp.ClientSession() as http:
             client = WebRtcClient(svc.url, [(silence(0.1), "caller")])  # 5 packets, then nothing
             await client.start(http)
@@ -134,7 +134,7 @@ async def test_connected_session_without_media_times_out(tmp_path, fresh_databas
 
 
 async def test_service_shutdown_ends_open_sessions_and_keeps_their_calls(tmp_path, fresh_database_url, db_engine):
-    async with LocalService(local_settings(tmp_path, fresh_database_url)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url)) as svc:
         async with aiohttp.ClientSession() as http:
             client = WebRtcClient(svc.url, [(silence(10), "caller")])
             await client.start(http)
@@ -149,7 +149,7 @@ async def test_opus_only_peer_is_transcribed(tmp_path, fresh_database_url, db_en
     """A peer that offers only Opus: accepted, transcoded into a G.711 leg, loss still counted per packet."""
     pcm = np.concatenate([prompt_8k("pls-hold-while-try"), silence(1.2)])
     loss = WireLoss(lambda track, n: n % 20 == 7)
-    async with LocalService(local_settings(tmp_path, fresh_database_url, asr="whisper")) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url, asr="whisper")) as svc:
         async with aiohttp.ClientSession() as http:
             client = WebRtcClient(svc.url, [(pcm, "caller")], codec="opus", loss=loss)
             answer = await client.start(http)
@@ -169,8 +169,7 @@ async def test_peer_vanishing_without_a_word_ends_the_call(tmp_path, fresh_datab
     import aioice.ice
 
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)  # 6 missed checks: about 3 s, not 30
-    async with LocalService(local_settings(tmp_path, fresh_database_url),
-                            webrtc=WebRtcSettings(media_timeout_s=60)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url, webrtc=WebRtcSettings(media_timeout_s=60))) as svc:
         async with aiohttp.ClientSession() as http:
             client = WebRtcClient(svc.url, [(silence(30), "caller")])
             await client.start(http)

@@ -8,7 +8,7 @@ import numpy as np
 from aiortc.codecs.opus import OpusEncoder
 from av import AudioFrame
 
-from telephony.g711 import decoder
+from telephony.media.g711 import decoder
 from telephony.webrtc.opus import OpusToPcmu
 
 from .speech import prompt_8k

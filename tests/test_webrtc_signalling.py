@@ -11,8 +11,9 @@ import pytest
 from aiortc import sdp as aiortc_sdp
 from sqlalchemy import text
 
-from telephony.webrtc.local import LocalService, local_settings
-from telephony.webrtc.settings import WebRtcSettings
+from telephony.bench.local import local_settings
+from telephony.service import Service
+from telephony.config import WebRtcSettings
 
 SDP_DIR = Path("/work/shared/testdata/webrtc_sdp")
 FIXTURES = sorted(p.name for p in SDP_DIR.glob("*.sdp"))
@@ -20,8 +21,7 @@ FIXTURES = sorted(p.name for p in SDP_DIR.glob("*.sdp"))
 
 @pytest.fixture
 async def service(tmp_path, fresh_database_url):
-    async with LocalService(local_settings(tmp_path, fresh_database_url),
-                            webrtc=WebRtcSettings(max_sessions=2, max_sdp_bytes=8192)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url, webrtc=WebRtcSettings(max_sessions=2, max_sdp_bytes=8192))) as svc:
         async with aiohttp.ClientSession(svc.url) as http:
             svc.http = http
             yield svc
@@ -37,7 +37,7 @@ def offer(name: str) -> bytes:
 async def call_row(svc, call_id: str) -> dict:
     await svc.manager.flushed()
     for _ in range(100):  # the writer commits shortly after the journal has it
-        async with svc.rt.writer._engine.connect() as conn:
+        async with svc.runtime.writer._engine.connect() as conn:
             row = (await conn.execute(text("SELECT source, status, external_id, meta FROM calls WHERE id = :id"),
                                       {"id": call_id})).mappings().first()
         if row is not None and row["status"] != "active":
@@ -163,8 +163,7 @@ async def test_unknown_session_and_methods(service):
 
 
 async def test_unconnected_session_is_ended_by_the_connect_timeout(tmp_path, fresh_database_url):
-    async with LocalService(local_settings(tmp_path, fresh_database_url),
-                            webrtc=WebRtcSettings(connect_timeout_s=0.5)) as svc:
+    async with Service(local_settings(tmp_path, fresh_database_url, webrtc=WebRtcSettings(connect_timeout_s=0.5))) as svc:
         async with aiohttp.ClientSession(svc.url) as http:
             svc.http = http
             status, _, body = await _post(svc, CHROME)

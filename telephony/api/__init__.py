@@ -19,7 +19,7 @@ from .auth import auth_middleware
 from .cors import cors_middleware
 from .errors import error_middleware, json_response
 from .openapi import document
-from .settings import ApiSettings
+from ..config import ApiSettings
 
 __all__ = ["ApiSettings", "mount"]
 

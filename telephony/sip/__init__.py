@@ -9,6 +9,4 @@
     media.py     our own RTP sockets, read on the event loop into LiveLeg.push_rtp
     policy.py    source allow-list, per-source rate limit
     auth.py      optional digest authentication of INVITEs
-    settings.py  the [sip] section
-    loadgen.py   a raw UAC and RTP sender (tests, benchmark);  bench.py: python -m telephony.sip.bench
 """

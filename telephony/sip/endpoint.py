@@ -25,7 +25,7 @@ from .media import PortAllocator, RtpStream
 from .message import NameAddr, SipRequest, parse_name_addr
 from .policy import AllowList, RateLimiter
 from .sdp import SdpOffer, build_answer, build_offer, parse_sdp, usable_audio
-from .settings import SipSettings
+from ..config import SipSettings
 from .siprec import InviteBody, assign_speakers, parse_invite_body
 from .transport import Flow
 from .uas import Answer, Dialog, UserAgentServer

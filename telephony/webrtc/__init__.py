@@ -7,14 +7,10 @@
     tap.py         RTP packets of a track → LiveLeg.push_rtp (our jitter buffer, not aiortc's)
     opus.py        Opus-only peers: each packet decoded into a PCMU leg (G.711 is always preferred)
     ice.py         host addresses, remote candidate filter, ICE servers
-    settings.py    WebRtcSettings (the [webrtc] section)
-    client.py      a softphone in Python (aiortc): tests and the benchmark
-    local.py       the whole service in-process on a loopback port: tests and the benchmark
-    bench.py       capacity and caption latency measurements
 """
 
 from .gateway import Busy, WebRtcGateway
 from .offer import OfferError, OfferNotAcceptable, TrackLabel
-from .settings import WebRtcSettings
+from ..config import WebRtcSettings
 
 __all__ = ["Busy", "OfferError", "OfferNotAcceptable", "TrackLabel", "WebRtcGateway", "WebRtcSettings"]

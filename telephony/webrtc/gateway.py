@@ -12,7 +12,7 @@ import logging
 from .ice import CandidateFilter, restrict_host_addresses, rtc_configuration
 from .offer import OfferError, TrackLabel, assign_labels, inspect_offer
 from .session import WebRtcSession
-from .settings import WebRtcSettings
+from ..config import WebRtcSettings
 
 log = logging.getLogger(__name__)
 

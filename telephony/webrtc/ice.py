@@ -17,7 +17,7 @@ import re
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
-from .settings import WebRtcSettings
+from ..config import WebRtcSettings
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
 

@@ -19,7 +19,7 @@ import numpy as np
 from av import AudioResampler, CodecContext
 from av.packet import Packet
 
-from ..g711 import encode
+from ..media.g711 import encode
 
 RATE = 48000
 _TB = fractions.Fraction(1, RATE)

@@ -19,7 +19,7 @@ from aiortc.exceptions import InternalError, InvalidStateError, OperationError
 
 from ..records import CallRecord, new_id, utcnow
 from .offer import Offer, OfferError, OfferNotAcceptable, TrackLabel
-from .settings import WebRtcSettings
+from ..config import WebRtcSettings
 from .tap import RtpTap
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import time
 
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 
-from ..rtp import build_rtp
+from ..media.rtp import build_rtp
 from .opus import OpusToPcmu
 
 # Our pipeline's payload type for each codec (MediaLeg expects the static ones).

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field, replace
 import aiohttp
 import numpy as np
 
-from ..accuracy import asterisk_prompts, wer
+from .accuracy import asterisk_prompts, wer
 from ..config import Settings
-from .client import WebRtcClient
-from .settings import WebRtcSettings
+from .webrtc_client import WebRtcClient
+from ..config import WebRtcSettings
 
 NO_ASR_LEVELS = (1, 8, 16, 32, 48, 64)
 RAMP_S = 0.25  # between session starts
@@ -57,17 +57,18 @@ def _child_main(conn, settings: Settings, webrtc: WebRtcSettings) -> None:
 
 
 async def _child(conn, settings: Settings, webrtc: WebRtcSettings) -> None:
-    from .local import LocalService
+    from ..service import Service
 
     loop = asyncio.get_running_loop()
-    async with LocalService(settings, webrtc=webrtc) as svc:
+    settings.webrtc = webrtc
+    async with Service(settings, sip=False) as svc:
         conn.send({"url": svc.url})
         while True:
             cmd = await loop.run_in_executor(None, conn.recv)
             if cmd == "stop":
                 break
             clock = svc.manager.clock
-            engine = svc.rt.engine
+            engine = svc.runtime.engine
             conn.send({"cpu_s": time.process_time(), "wall_s": time.monotonic(),
                        "clock_max_late_ms": round(clock.max_lateness * 1000, 1),
                        "active_calls": svc.manager.active_calls, "refused": svc.gateway.refused,
@@ -415,7 +416,7 @@ async def bench_webrtc(settings: Settings, *, no_asr_levels=NO_ASR_LEVELS, asr_l
         for asr, levels, dur in ((False, no_asr_levels, duration_s), (True, asr_levels, asr_duration_s)):
             if not levels:
                 continue
-            s = replace(settings, service=replace(settings.service, data_dir=data_dir or tmp),
+            s = replace(settings, service=replace(settings.service, data_dir=data_dir or tmp, http_port=0),
                         database=replace(settings.database, url="" if data_dir is None else settings.database.url),
                         asr=replace(settings.asr, engine=settings.asr.engine if asr else "none"))
             webrtc = WebRtcSettings(max_sessions=max(levels) + 1, media_timeout_s=60.0)
@@ -474,7 +475,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv=None) -> dict:
-    """``telephony bench webrtc [options]`` (also ``python -m telephony.webrtc.bench``)."""
+    """``telephony bench webrtc [options]`` (also ``python -m telephony.bench.webrtc``)."""
     import argparse
 
     from ..config import load_settings

@@ -1,8 +1,8 @@
 """SIP load: N concurrent calls from a raw UAC over loopback into a real endpoint; CPU and latency measured.
 
-    python -m telephony.sip.bench --calls 300 --secs 20                  # ASR off: SIP + RTP + leg pipeline
-    python -m telephony.sip.bench --calls 10 --streams 2 --asr --secs 60 # SIPREC, two legs each, embedded ASR
-    python -m telephony.sip.bench --calls 4 --loss 0.05 --reorder 0.05 --jitter-ms 30
+    python -m telephony.bench.sip --calls 300 --secs 20                  # ASR off: SIP + RTP + leg pipeline
+    python -m telephony.bench.sip --calls 10 --streams 2 --asr --secs 60 # SIPREC, two legs each, embedded ASR
+    python -m telephony.bench.sip --calls 4 --loss 0.05 --reorder 0.05 --jitter-ms 30
 
 A server process runs ``SipEndpoint`` with the real ``CallManager`` (ASR off, or
 the configured embedded engine: settings come from ``TELEPHONY_CONFIG`` and the environment). This process places the calls (plain INVITEs,
@@ -35,7 +35,7 @@ SOUNDS = "/usr/share/asterisk/sounds/en"
 
 def speech(secs: float, shift: int = 0) -> bytes:
     """μ-law audio of ``secs`` seconds: prompts separated by 1.2 s pauses (≈70% speech)."""
-    from .loadgen import read_wav_g711
+    from .sip_loadgen import read_wav_g711
 
     pause = b"\xff" * int(8000 * 1.2)
     out = b""
@@ -59,8 +59,8 @@ def _server(asr: bool) -> None:
     from ..asr.null import NullEngine
     from ..calls import CallManager
     from ..config import load_settings
-    from .endpoint import SipEndpoint
-    from .settings import SipSettings
+    from ..sip.endpoint import SipEndpoint
+    from ..config import SipSettings
 
     class Sink:
         def __init__(self):
@@ -112,7 +112,7 @@ def _server(asr: bool) -> None:
 
 # --------------------------------------------------------------------------- driver
 def _siprec_body(ports: tuple[int, int], n: int) -> tuple[bytes, str]:
-    from .loadgen import sdp_offer
+    from .sip_loadgen import sdp_offer
 
     sdp = sdp_offer(0, codecs=(0,), streams=[{"port": ports[0], "label": "1"}, {"port": ports[1], "label": "2"}])
     xml = (f'<?xml version="1.0"?><recording xmlns="urn:ietf:params:xml:ns:recording:1">'
@@ -130,7 +130,7 @@ def _siprec_body(ports: tuple[int, int], n: int) -> tuple[bytes, str]:
 
 
 async def _drive(port: int, calls: int, streams: int, secs: float, impair, media_started) -> dict:
-    from .loadgen import RawUac, sdp_offer, send_rtp, send_rtp_many
+    from .sip_loadgen import RawUac, sdp_offer, send_rtp, send_rtp_many
 
     # Every leg speaks the same prompts, but from its own point in the script: legs whose
     # utterances all ended in the same 20 ms would measure a synchronised burst, not load.
@@ -178,10 +178,10 @@ def run_once(calls: int, streams: int = 1, asr: bool = False, secs: float = 20, 
     """One measured run (a fresh server process); the result dict is what ``main`` prints."""
     import psutil
 
-    from .loadgen import Impairment
+    from .sip_loadgen import Impairment
 
     server_cmd = os.environ.get("TELEPHONY_BENCH_SERVER")  # e.g. a profiling wrapper
-    cmd = server_cmd.split() if server_cmd else [sys.executable, "-m", "telephony.sip.bench", "--server"]
+    cmd = server_cmd.split() if server_cmd else [sys.executable, "-m", "telephony.bench.sip", "--server"]
     proc = subprocess.Popen(cmd + (["--asr"] if asr else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         hello = _json_line(proc)

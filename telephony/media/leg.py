@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import MediaSettings
+from ..config import MediaSettings
 from .g711 import SILENCE, decoder
 from .jitter import JitterBuffer
 from .resample import Resampler

@@ -22,9 +22,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from av.packet import Packet
 
-from ..g711 import encode
+from ..media.g711 import encode
 
-from .ice import restrict_host_addresses
+from ..webrtc.ice import restrict_host_addresses
 
 RATE = 8000
 FRAME = 160  # 20 ms at 8 kHz

@@ -17,7 +17,7 @@ import uuid
 import wave
 from dataclasses import dataclass, field
 
-from ..rtp import build_rtp
+from ..media.rtp import build_rtp
 
 
 def read_wav_g711(path: str, codec: str = "PCMU") -> bytes:

@@ -39,7 +39,7 @@ import math
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 
-from .config import MediaSettings
+from ..config import MediaSettings
 from .rtp import RtpPacket
 
 MAX_DROPOUT = 3000  # RFC 3550 A.1: a bigger sequence jump is a restart, not loss

@@ -1,0 +1,11 @@
+"""Measuring tools, not the product: benchmarks, load generators and test peers.
+
+Only the CLI (``telephony bench``) and the tests import this package.
+
+    core.py           ``telephony bench``: pipeline cost, ASR speed, WER, final latency
+    sip.py            ``telephony bench sip``: calls from a raw UAC over loopback
+    sip_loadgen.py    that raw UAC and its RTP sender (also used by tests)
+    webrtc.py         ``telephony bench webrtc``: aiortc softphones in other processes
+    webrtc_client.py  the aiortc softphone (also used by tests)
+    accuracy.py       WER and the Asterisk prompts with their transcripts
+"""
