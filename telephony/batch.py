@@ -13,13 +13,14 @@ from typing import Callable
 
 import numpy as np
 
-from .asr import Final
+from .calls import payload_types_for
 from .config import Settings
 from .ingest import CallInput, PcmLegInput, RtpLegInput
 from .media.leg import MediaLeg, play_capture
 from .media.audio import AudioFrame
-from .records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id, utcnow
 from .media.resample import Resampler
+from .records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id, utcnow
+from .transcript import LegTranscript
 
 FEED_S = 1.0  # audio handed to the session per step; the loop yields between steps
 
@@ -41,24 +42,25 @@ class CallResult:
         return sorted((u for leg in self.legs for u in leg.utterances), key=lambda u: (u.start_ms, u.end_ms))
 
 
-def _rtp_audio(leg: RtpLegInput, settings: Settings, duration_s: float):
-    """Yield 16 kHz audio in ~FEED_S blocks, ticking the jitter buffer on capture time."""
-    media = MediaLeg(leg.codec, settings.media)
+def _rtp_audio(leg: RtpLegInput, settings: Settings, duration_s: float, rate: int | None):
+    """Yield AudioFrames of ~FEED_S, ticking the jitter buffer on capture time."""
+    media = MediaLeg(payload_types_for(leg.codec), rate, settings.media)
     block: list[np.ndarray] = []
-    for audio in play_capture(media, leg.packets, duration_s):
-        block.append(audio)
-        if sum(map(len, block)) >= FEED_S * 16000:
-            yield np.concatenate(block), media
+    for frame in play_capture(media, leg.packets, duration_s):
+        block.append(frame.samples)
+        if sum(map(len, block)) >= FEED_S * media.out_rate:
+            yield AudioFrame(np.concatenate(block), media.out_rate), media
             block = []
-    yield (np.concatenate(block) if block else np.zeros(0, np.float32)), media
+    yield AudioFrame(np.concatenate(block) if block else np.zeros(0, np.float32), media.out_rate), media
 
 
-def _pcm_audio(leg: PcmLegInput):
-    resampler = Resampler(leg.rate, 16000)
+def _pcm_audio(leg: PcmLegInput, rate: int | None):
+    out = rate or leg.rate
+    resampler = Resampler(leg.rate, out)
     step = int(leg.rate * FEED_S)
     n = len(leg.samples)
     for i in range(0, max(n, 1), step):
-        yield resampler.process(leg.samples[i:i + step], last=i + step >= n), None
+        yield AudioFrame(resampler.process(leg.samples[i:i + step], last=i + step >= n), out), None
 
 
 async def transcribe_call(call: CallInput, settings: Settings, engine, sink,
@@ -67,7 +69,7 @@ async def transcribe_call(call: CallInput, settings: Settings, engine, sink,
     record = CallRecord(id=new_id(), source="file", started_at=utcnow(), external_id=call.path,
                         from_uri=call.meta.get("from"), to_uri=call.meta.get("to"),
                         meta={k: v for k, v in call.meta.items() if isinstance(v, (str, int, float, bool, list, dict))} | {"kind": call.kind})
-    await sink.submit(record)
+    await sink.enqueue(record)
     results = []
     for n, leg in enumerate(call.legs):
         codec = leg.codec if isinstance(leg, RtpLegInput) else f"L16/{leg.rate}"
@@ -75,41 +77,35 @@ async def transcribe_call(call: CallInput, settings: Settings, engine, sink,
         # RTP legs start at call time 0 (their jitter buffer plays silence until the first packet).
         rec = LegRecord(id=new_id(), call_id=record.id, speaker=leg.label, role=meta.get("role") or leg.label,
                         codec=codec, ordinal=n, started_ms=getattr(leg, "start_ms", 0), meta=meta)
-        await sink.submit(rec)
+        await sink.enqueue(rec)
         results.append(LegResult(rec))
 
     async def run_leg(leg, result: LegResult) -> None:
         session = engine.open_session(start_ms=result.record.started_ms, realtime=False)
-
-        async def consume():
-            # Stored as they come: a long file interrupted half way keeps its first half.
-            async for ev in session.events():
-                if isinstance(ev, Final):
-                    u = UtteranceRecord(id=new_id(), call_id=record.id, leg_id=result.record.id,
-                                        speaker=result.record.speaker, seq=len(result.utterances),
-                                        start_ms=ev.start_ms, end_ms=ev.end_ms, text=ev.text, confidence=ev.confidence)
-                    result.utterances.append(u)
-                    await sink.submit(u)
-
-        consumer = asyncio.create_task(consume())
+        # Stored as they come: a long file interrupted half way keeps its first half.
+        transcript = LegTranscript(record.id, result.record, sink.enqueue,
+                                   on_final=lambda u, _ev: result.utterances.append(u))
+        consumer = asyncio.create_task(transcript.consume(session))
         media = None
-        source = _rtp_audio(leg, settings, call.duration_ms / 1000) if isinstance(leg, RtpLegInput) else _pcm_audio(leg)
-        samples = 0
-        for audio, media in source:
-            session.feed(AudioFrame(audio, 16000))
-            samples += len(audio)
+        rate = engine.sample_rate
+        source = (_rtp_audio(leg, settings, call.duration_ms / 1000, rate) if isinstance(leg, RtpLegInput)
+                  else _pcm_audio(leg, rate))
+        seconds = 0.0
+        for frame, media in source:
+            session.feed(frame)
+            seconds += frame.duration_s
             if progress:
-                progress(len(audio) / 16000)
+                progress(frame.duration_s)
             # Decoding is the bottleneck: keep the queue short instead of flooding it.
             while engine.backlog() >= 2 * settings.asr.workers:
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0)
         await session.finish()
         await consumer
-        result.duration_ms = media.duration_ms if media is not None else samples * 1000 // 16000
+        result.duration_ms = media.duration_ms if media is not None else round(seconds * 1000)
         result.stats = media.stats() if media is not None else {}
-        await sink.submit(LegEnd(result.record.id, result.duration_ms, result.stats))
+        await sink.enqueue(LegEnd(result.record.id, result.duration_ms, result.stats))
 
     await asyncio.gather(*(run_leg(leg, res) for leg, res in zip(call.legs, results)))
-    await sink.submit(CallEnd(record.id, utcnow(), "completed"))
+    await sink.enqueue(CallEnd(record.id, utcnow(), "completed"))
     return CallResult(record, results)

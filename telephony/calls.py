@@ -1,11 +1,16 @@
 """Live calls: the running state of every call and leg, from first packet to stored final.
 
-    endpoint ──push_rtp──▶ LiveLeg: MediaLeg (ticked by the shared MediaClock every 20 ms)
-                                   → Pacer → ASR session → Final → RecordWriter (journal → PostgreSQL)
-                                                          └ Partial/Final → CaptionBus
+    endpoint ──push_packet──▶ LiveLeg: MediaLeg (ticked by the shared MediaClock every 20 ms)
+                                   → Pacer → ASR session → LegTranscript → RecordWriter (journal → PostgreSQL)
+                                                                         └ captions (CaptionBus)
 
-Endpoints (SIP, WebRTC, replay) only create calls and legs and push datagrams;
-they never see what happens downstream.  Everything here runs on the event loop.
+Endpoints (SIP, WebRTC, replay) only create calls and legs and push packets;
+they never see what happens downstream. Everything here runs on the event loop.
+
+Records are handed to the writer synchronously and in order (``writer.enqueue``):
+the writer groups everything queued while one fsync runs into the next, so a
+burst of calls costs a few fsyncs, not one each. ``start_call`` returns once
+the call is durable in the journal: an endpoint answers a call only after that.
 """
 
 from __future__ import annotations
@@ -13,22 +18,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Mapping, Protocol
 
-
-from .asr import Final, Partial
 from .captions import Caption, CaptionBus
 from .config import Settings
+from .media.codecs import CODECS, Codec, CodecError, static
 from .media.leg import FRAME_S, MediaLeg
-from .media.audio import AudioFrame
 from .media.pacer import Pacer
-from .records import CallEnd, CallRecord, LegEnd, LegRecord, Record, UtteranceRecord, new_id, utcnow
+from .media.rtp import RtpPacket
+from .records import CallEnd, CallRecord, LegEnd, LegEvent, LegRecord, Record, new_id, utcnow
+from .transcript import FinalHook, LegTranscript
 
 log = logging.getLogger(__name__)
 
 
 class RecordSink(Protocol):
-    async def submit(self, record: Record) -> None: ...
+    def enqueue(self, record: Record) -> asyncio.Future:
+        """Accept a record now, in call order; the future resolves once it is durable."""
 
 
 class MediaClock:
@@ -36,13 +42,15 @@ class MediaClock:
 
     A leg is due ``floor((now - t0) / 20 ms)`` frames; if the loop was late, the
     leg catches up with several frames at once, so its timeline stays wall clock.
+    ``lag`` (s) is a smoothed measure of how late the ticks run: the admission
+    control reads it as the media loop's health.
     """
 
     def __init__(self):
         self._legs: set[LiveLeg] = set()
         self._task: asyncio.Task | None = None
         self.max_lateness = 0.0
-        self.ticks = 0
+        self.lag = 0.0
 
     def add(self, leg: "LiveLeg") -> None:
         self._legs.add(leg)
@@ -58,36 +66,56 @@ class MediaClock:
         while self._legs:
             n += 1
             delay = t0 + n * FRAME_S - time.monotonic()
+            late = 0.0
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
-                self.max_lateness = max(self.max_lateness, -delay)
+                late = -delay
+                self.max_lateness = max(self.max_lateness, late)
+            self.lag += (late - self.lag) / 50  # ~1 s smoothing
             now = time.monotonic()
-            self.ticks += 1
             for leg in list(self._legs):
                 try:
                     leg._tick(now)
                 except Exception:  # one broken leg must not stop the others' clocks
                     log.exception("leg %s tick failed; leg stopped", leg.id)
                     self._legs.discard(leg)
+        self.lag = 0.0
+
+
+def payload_types_for(codec: str | Codec) -> dict[int, Codec]:
+    """A one-codec map for legs whose producer names a static codec (replay, tests)."""
+    c = codec if isinstance(codec, Codec) else CODECS.get(codec.upper())
+    if c is None or c.static_pt is None:
+        raise CodecError(f"{codec!r} has no static payload type: pass the negotiated payload types")
+    return {c.static_pt: c}
 
 
 class LiveLeg:
-    def __init__(self, call: "LiveCall", record: LegRecord, codec: str):
+    def __init__(self, call: "LiveCall", record: LegRecord, payload_types: Mapping[int, Codec]):
+        manager = call.manager
         self.call = call
         self.record = record
         self.id = record.id
-        self.media = MediaLeg(codec, call.manager.settings.media)
+        engine = manager.engine
+        self.media = MediaLeg(payload_types, engine.sample_rate, manager.settings.media)
+        record.sample_rate = self.media.rate
         self.t0 = time.monotonic()
-        self._session = call.manager.engine.open_session(start_ms=record.started_ms, realtime=True)
-        self._asr_on = call.manager.settings.asr.engine != "none"
-        self._pacer = Pacer(16000, call.manager.settings.media.pacer_chunk_ms) if self._asr_on else None
-        self._seq = 0
+        self.transcript = LegTranscript(call.id, record, manager._submit, manager.bus, manager.on_final)
+        self._asr_on = manager.settings.asr.engine != "none"
+        self._session = None
+        self._pacer = None
         self._ended = False
         self._tasks = []
         if self._asr_on:
+            from .asr import SessionInfo
+
+            self._session = engine.open_session(
+                start_ms=record.started_ms, realtime=True,
+                info=SessionInfo(call.id, record.id, record.speaker, record.codec, self.media.rate))
+            self._pacer = Pacer(self.media.out_rate, manager.settings.media.pacer_chunk_ms)
             self._tasks = [asyncio.create_task(self._feed_asr(), name=f"asr-feed-{self.id}"),
-                           asyncio.create_task(self._consume_events(), name=f"asr-events-{self.id}")]
+                           asyncio.create_task(self.transcript.consume(self._session), name=f"asr-events-{self.id}")]
 
     @property
     def speaker(self) -> str:
@@ -99,9 +127,17 @@ class LiveLeg:
             self.record.speaker = speaker
             self.call.manager._submit(LegRecord(**{**self.record.__dict__}))
 
-    def push_rtp(self, datagram: bytes, arrival: float | None = None) -> None:
+    # -- media in (from the endpoint) ---------------------------------------------------
+    def push_packet(self, packet: RtpPacket, arrival: float | None = None) -> None:
         if not self._ended:
-            self.media.push_rtp(datagram, time.monotonic() if arrival is None else arrival)
+            self.media.push(packet, time.monotonic() if arrival is None else arrival)
+
+    def push_datagram(self, datagram: bytes, arrival: float | None = None) -> None:
+        if not self._ended:
+            self.media.push_datagram(datagram, time.monotonic() if arrival is None else arrival)
+
+    def count_foreign(self) -> None:
+        self.media.count_foreign()
 
     def _tick(self, now: float) -> None:
         due = int((now - self.t0) / FRAME_S)
@@ -112,26 +148,8 @@ class LiveLeg:
 
     async def _feed_asr(self) -> None:
         async for chunk in self._pacer.chunks():
-            self._session.feed(AudioFrame(chunk, 16000))
+            self._session.feed(chunk)
         await self._session.finish()
-
-    async def _consume_events(self) -> None:
-        bus = self.call.manager.bus
-        async for ev in self._session.events():
-            if isinstance(ev, Final):
-                self._store_final(ev)
-            elif isinstance(ev, Partial) and bus is not None:
-                bus.publish(Caption("partial", self.call.id, self.id, self.speaker, ev.text, ev.start_ms, ev.end_ms))
-
-    def _store_final(self, ev: Final) -> None:
-        rec = UtteranceRecord(id=new_id(), call_id=self.call.id, leg_id=self.id, speaker=self.speaker,
-                              seq=self._seq, start_ms=ev.start_ms, end_ms=ev.end_ms, text=ev.text,
-                              confidence=ev.confidence, audio_end_monotonic=ev.audio_end_monotonic)
-        self._seq += 1
-        self.call.manager._submit(rec)
-        if self.call.manager.bus is not None:
-            self.call.manager.bus.publish(Caption("final", self.call.id, self.id, self.speaker, ev.text,
-                                                  ev.start_ms, ev.end_ms, ev.confidence, rec.seq))
 
     async def end(self) -> None:
         """Stop media, play out what is buffered, finish ASR, store the last final and the counters."""
@@ -147,7 +165,16 @@ class LiveLeg:
                 self._pacer.push(tail)
             self._pacer.close()
             await asyncio.gather(*self._tasks)
-        manager._submit(LegEnd(self.id, self.media.duration_ms, self.media.stats()))
+        dtmf = manager.settings.media.dtmf
+        for event, at_ms in self.media.dtmf_events if dtmf != "off" else ():
+            masked = dtmf == "masked"
+            manager._submit(LegEvent(new_id(), self.call.id, self.id, "dtmf", self.record.started_ms + at_ms,
+                                     event.duration_ms, None if masked else event.key))
+        stats = self.media.stats()
+        error = getattr(self._session, "error", None)
+        if error:
+            stats["asr_error"] = error
+        manager._submit(LegEnd(self.id, self.media.duration_ms, stats))
 
 
 class LiveCall:
@@ -159,13 +186,18 @@ class LiveCall:
         self.legs: list[LiveLeg] = []
         self._end_task: asyncio.Task | None = None
 
-    def add_leg(self, *, speaker: str, role: str | None = None, codec: str = "PCMU", meta: dict | None = None) -> LiveLeg:
+    def add_leg(self, *, speaker: str, role: str | None = None, codec: str | Codec = "PCMU",
+                payload_types: Mapping[int, Codec] | None = None, meta: dict | None = None) -> LiveLeg:
+        """``payload_types``: the negotiated map; a static ``codec`` name is enough otherwise."""
         if self._end_task is not None:
             raise RuntimeError("call has ended")
-        rec = LegRecord(id=new_id(), call_id=self.id, speaker=speaker, role=role, codec=codec,
-                        ordinal=len(self.legs), started_ms=int((time.monotonic() - self.t0) * 1000), meta=meta or {})
+        pts = dict(payload_types) if payload_types else payload_types_for(codec)
+        first = next(c for c in pts.values() if c.audio) if any(c.audio for c in pts.values()) else None
+        rec = LegRecord(id=new_id(), call_id=self.id, speaker=speaker, role=role,
+                        codec=first.name if first else None, ordinal=len(self.legs),
+                        started_ms=int((time.monotonic() - self.t0) * 1000), meta=meta or {})
+        leg = LiveLeg(self, rec, pts)  # fills rec.sample_rate
         self.manager._submit(rec)
-        leg = LiveLeg(self, rec, codec)
         self.legs.append(leg)
         self.manager.clock.add(leg)
         return leg
@@ -191,53 +223,67 @@ class LiveCall:
 
 
 class CallManager:
-    def __init__(self, settings: Settings, engine, writer: RecordSink, bus: CaptionBus | None = None):
+    """``on_final(record, final)``: optional hook on every stored final (benchmarks, metrics)."""
+
+    def __init__(self, settings: Settings, engine, writer: RecordSink, bus: CaptionBus | None = None,
+                 on_final: FinalHook | None = None, instance: tuple[str, str] | None = None):
         self.settings = settings
+        self.instance = instance  # (instance id, run id) stamped on every call: see InstanceRecovered
         self.engine = engine
         self.writer = writer
         self.bus = bus
+        self.on_final = on_final
         self.clock = MediaClock()
         self.accepting = True
         self._calls: dict[str, LiveCall] = {}
-        self._records: asyncio.Queue[Record] = asyncio.Queue()
-        self._forwarder: asyncio.Task | None = None
+        self._last: asyncio.Future | None = None  # the newest record's durability
+        self.journal_errors = 0
 
     @property
     def active_calls(self) -> int:
         return len(self._calls)
 
+    @property
+    def active_legs(self) -> int:
+        return sum(len(c.legs) for c in self._calls.values())
+
     def calls(self) -> list[LiveCall]:
         return list(self._calls.values())
 
     async def start_call(self, record: CallRecord) -> LiveCall:
+        """The call, once its record is durable in the journal (answer only after this)."""
         if not self.accepting:
             raise RuntimeError("shutting down: not accepting calls")
+        if self.instance is not None and record.instance_id is None:
+            record.instance_id, record.run_id = self.instance
         call = LiveCall(self, record)
         self._calls[call.id] = call
-        self._submit(record)
+        durable = self._submit(record)
+        try:
+            await durable
+        except BaseException:
+            self._calls.pop(call.id, None)
+            raise
         if self.bus is not None:
             self.bus.publish(Caption("call_start", call.id))
         return call
 
-    def _submit(self, record: Record) -> None:
+    def _submit(self, record: Record) -> asyncio.Future:
         """Hand a record to the writer, in order; never blocks the media path."""
-        self._records.put_nowait(record)
-        if self._forwarder is None or self._forwarder.done():
-            self._forwarder = asyncio.get_running_loop().create_task(self._forward(), name="record-forwarder")
+        fut = self.writer.enqueue(record)
+        fut.add_done_callback(self._journalled)
+        self._last = fut
+        return fut
 
-    async def _forward(self) -> None:
-        while True:
-            record = await self._records.get()
-            try:
-                await self.writer.submit(record)
-            except Exception:
-                log.exception("could not journal %s", type(record).__name__)
-            finally:
-                self._records.task_done()
+    def _journalled(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.journal_errors += 1
+            log.error("could not journal a record: %s", fut.exception())
 
     async def flushed(self) -> None:
         """Every record handed over so far is in the writer's journal."""
-        await self._records.join()
+        if self._last is not None:
+            await asyncio.wait([self._last])
 
     async def shutdown(self) -> None:
         """Stop taking calls; end every open call, storing every final."""

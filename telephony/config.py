@@ -43,9 +43,9 @@ class DatabaseSettings:
 @dataclass
 class MediaSettings:
     jitter_window_ms: int = 60  # reorder window / playout delay
-    frame_ms: int = 20
     max_jitter_ms: int = 1000  # a packet further than this from its expected play time re-anchors the timeline
     pacer_chunk_ms: int = 100  # 20..200
+    dtmf: str = "masked"  # RFC 4733 keys: "masked" (stored as events without the digit), "clear", "off"
 
 
 @dataclass
@@ -103,6 +103,13 @@ class SipSettings:
     session_expires_s: int = 1800  # RFC 4028 session timers (offered when the peer supports them)
     min_se_s: int = 90
     max_streams: int = 4  # audio streams accepted per INVITE (SIPREC: one per participant)
+    codecs: list[str] = field(default_factory=lambda: ["G722", "opus", "PCMU", "PCMA"])  # preference; wideband first
+    rtp_latch: bool = False  # NATed peers: take RTP from the SDP's (or signalling's) IP on any port, latched once
+    media_timeout_s: float = 60.0  # no RTP on any stream this long (hold excluded): BYE (0: never)
+    tcp_idle_timeout_s: float = 120.0  # a TCP/TLS connection without a dialog, silent this long, is closed
+    max_pending_per_source: int = 20  # answered calls still without media, per source IP; beyond: 503
+    srtp: str = "optional"  # SDES-keyed SRTP (RTP/SAVP): "optional", "required" (plain RTP refused), "off"
+    srtp_insecure_keys: bool = False  # accept a=crypto keys over plain UDP/TCP (anyone on the path reads them)
 
     @property
     def announce(self) -> str:
@@ -122,8 +129,8 @@ class WebRtcSettings:
     # Remote candidates outside these networks are dropped from offers before ICE, so an offer can
     # never make the service send connectivity checks elsewhere (empty list: accept any).
     remote_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    # In order of preference. Opus (only chosen when an offer has no G.711) is transcoded to PCMU.
-    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "opus"])
+    # In order of preference: Opus (decoded at 16 kHz) and G.722 are wideband, G.711 telephone band.
+    codecs: list[str] = field(default_factory=lambda: ["opus", "G722", "PCMU", "PCMA"])
     max_sessions: int = 50  # concurrent peer connections; beyond: 503 + Retry-After
     retry_after_s: int = 5
     max_tracks: int = 4  # audio m-lines accepted per offer
@@ -165,10 +172,10 @@ class Settings:
     def validate(self) -> None:
         if not 20 <= self.media.pacer_chunk_ms <= 200:
             raise ConfigError(f"media.pacer_chunk_ms must be within 20..200, got {self.media.pacer_chunk_ms}")
-        if self.media.frame_ms != 20:
-            raise ConfigError("media.frame_ms must be 20")
         if self.media.jitter_window_ms < 0 or self.media.jitter_window_ms % 20:
             raise ConfigError(f"media.jitter_window_ms must be a non-negative multiple of 20, got {self.media.jitter_window_ms}")
+        if self.media.dtmf not in ("masked", "clear", "off"):
+            raise ConfigError(f"media.dtmf must be masked, clear or off, got {self.media.dtmf!r}")
         if self.vad.engine not in ("silero", "webrtc"):
             raise ConfigError(f"vad.engine must be silero or webrtc, got {self.vad.engine!r}")
         if self.asr.engine not in ("whisper", "none"):
@@ -177,6 +184,13 @@ class Settings:
             raise ConfigError(f"asr.partial_budget must be within 0..1, got {self.asr.partial_budget}")
         if not 5.0 <= self.asr.window_s <= 30.0:
             raise ConfigError(f"asr.window_s must be within 5..30, got {self.asr.window_s}")
+        if self.sip.srtp not in ("optional", "required", "off"):
+            raise ConfigError(f"sip.srtp must be optional, required or off, got {self.sip.srtp!r}")
+        from .media.codecs import CODECS  # light: the codec table, no decoder is loaded
+
+        for name in self.sip.codecs + self.webrtc.codecs:
+            if name.upper() not in CODECS or not CODECS[name.upper()].audio:
+                raise ConfigError(f"unknown audio codec {name!r}; known: {', '.join(c.name for c in CODECS.values() if c.audio)}")
         if self.asr.workers < 1 or self.asr.beam_size < 1:
             raise ConfigError("asr.workers and asr.beam_size must be at least 1")
 

@@ -32,13 +32,28 @@ class CallRecord:
     to_uri: str | None = None
     remote_addr: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    instance_id: str | None = None  # the service instance (its journal) that owns the call
+    run_id: str | None = None  # the process run of that instance
 
 
 @dataclass
 class CallEnd:
     call_id: str
     ended_at: datetime
-    status: str  # completed | failed | rejected
+    status: str  # completed | failed | rejected | interrupted
+
+
+@dataclass
+class LegEvent:
+    """Something that happened on a leg besides speech: a DTMF key (RFC 4733)."""
+
+    id: str
+    call_id: str
+    leg_id: str
+    kind: str  # dtmf
+    at_ms: int  # offset within the call
+    duration_ms: int
+    value: str | None  # the key, or None when digits are masked
 
 
 @dataclass
@@ -47,10 +62,11 @@ class LegRecord:
     call_id: str
     speaker: str
     role: str | None = None  # caller | callee | agent | customer | left | right ...
-    codec: str | None = None  # PCMU | PCMA | L16 | opus
+    codec: str | None = None  # negotiated codec: PCMU | PCMA | G722 | opus | L16
     ordinal: int = 0  # position of the leg in its call
     started_ms: int = 0  # offset of the leg's first sample in the call timeline
     meta: dict[str, Any] = field(default_factory=dict)
+    sample_rate: int | None = None  # the leg's own audio rate (8000 telephone band, 16000 wideband)
 
 
 @dataclass
@@ -71,13 +87,27 @@ class UtteranceRecord:
     end_ms: int
     text: str
     confidence: float | None = None
-    audio_end_monotonic: float | None = None  # when the utterance's last sample entered the pipeline (latency measurement)
+    engine: str | None = None  # whisper | moonshine | deepgram | assemblyai | google
+    request_id: str | None = None  # the speech service's request/session id (support cases)
+    latency_ms: int | None = None  # end of the utterance's audio → final produced
 
 
-Record = CallRecord | CallEnd | LegRecord | LegEnd | UtteranceRecord
+@dataclass
+class InstanceRecovered:
+    """Written at start: close the calls an earlier run of this instance left open (a crash).
+
+    Journalled like any record, so it runs after whatever that run still had in the journal.
+    ``run_id`` is the current run (its calls stay open); None closes every open call of the instance.
+    """
+
+    instance_id: str
+    run_id: str | None
+
+
+Record = CallRecord | CallEnd | LegRecord | LegEnd | UtteranceRecord | LegEvent | InstanceRecovered
 
 RECORD_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (CallRecord, CallEnd, LegRecord, LegEnd, UtteranceRecord)
+    cls.__name__: cls for cls in (CallRecord, CallEnd, LegRecord, LegEnd, UtteranceRecord, LegEvent, InstanceRecovered)
 }
 
 
@@ -93,6 +123,7 @@ def to_json(record: Record) -> dict[str, Any]:
 def from_json(obj: dict[str, Any]) -> Record:
     cls = RECORD_TYPES[obj["type"]]
     data = dict(obj["data"])
+    data.pop("audio_end_monotonic", None)  # journals written before 0.2 carried it
     for f in dataclasses.fields(cls):
         if f.name in ("started_at", "ended_at") and isinstance(data.get(f.name), str):
             data[f.name] = datetime.fromisoformat(data[f.name])

@@ -58,7 +58,7 @@ async def replay_file(path: str, settings: Settings, speed: float = 1.0, out=sys
                 delay = t0 + at / speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                leg.push_rtp(datagram)
+                leg.push_datagram(datagram)
 
         async def show():
             async for cap in sub:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .asr import create_engine
 from .config import Settings
+from .records import InstanceRecovered, new_id
 from .store.database import resolve_database_url, stop_embedded
 from .store.journal import JOURNAL_FILE, Journal, JournalError
 from .store.migrate import upgrade_async
@@ -45,6 +46,8 @@ def open_journal(data_dir: Path) -> Journal:
             while batch := orphan.pending(limit=1000):
                 main.append_many([record for _, record in batch])
                 orphan.ack([seq for seq, _ in batch])
+            # Its run is over for good: whatever calls it left open are closed after its records.
+            main.append(InstanceRecovered(orphan.instance_id, None))
         finally:
             orphan.close()
         log.info("adopted journal %s", orphan_path.name)
@@ -60,6 +63,11 @@ class Runtime:
         self.writer: RecordWriter | None = None
         self.engine = None
         self._journal: Journal | None = None
+        self.run_id = new_id()  # this process's run; calls carry it with the journal's instance id
+
+    @property
+    def instance_id(self) -> str:
+        return self._journal.instance_id
 
     async def __aenter__(self) -> "Runtime":
         s = self.settings
@@ -69,6 +77,9 @@ class Runtime:
         self._journal = open_journal(s.data_dir)
         self.writer = RecordWriter(self.database_url, self._journal, s.database.retry_interval_s)
         await self.writer.start()
+        # Calls an earlier run of this instance left open (it was killed) are closed as
+        # 'interrupted', after whatever that run still had in the journal is written.
+        self.writer.enqueue(InstanceRecovered(self._journal.instance_id, self.run_id))
         if self._want_asr:
             self.engine = create_engine(s)
         return self

@@ -80,7 +80,8 @@ class Service:
         self.runtime = Runtime(self.settings, asr=self._asr)
         await self.runtime.__aenter__()
         try:
-            self.manager = CallManager(self.settings, self.runtime.engine, self.runtime.writer, CaptionBus())
+            self.manager = CallManager(self.settings, self.runtime.engine, self.runtime.writer, CaptionBus(),
+                                       instance=(self.runtime.instance_id, self.runtime.run_id))
             if self._http:
                 await self._start_http()
             if self._sip:

@@ -39,7 +39,7 @@ async def play(leg, schedule: list[tuple[float, bytes]], t0: float | None = None
         # its backlog after the event loop was busy.
         now = time.monotonic()
         while i < len(schedule) and t0 + schedule[i][0] <= now:
-            leg.push_rtp(schedule[i][1], t0 + schedule[i][0])
+            leg.push_datagram(schedule[i][1], t0 + schedule[i][0])
             i += 1
         if i < len(schedule):
             await asyncio.sleep(max(0.0, t0 + schedule[i][0] - time.monotonic()))

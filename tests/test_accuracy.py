@@ -6,24 +6,18 @@ import pytest
 
 from telephony.batch import transcribe_call
 from telephony.bench.core import bench_wer
+from telephony.bench.sinks import CollectingSink
 from telephony.config import Settings
 from telephony.ingest import load_call
+from .testdata import vector
 
 pytestmark = pytest.mark.slow
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "pcaps"
+PCAPS = vector("pcaps")
 
 # Measured here: 2.5 % on 60 prompts (tiny.en, beam 5, μ-law 8 kHz). The threshold leaves
 # room for decode nondeterminism across CPUs, and fails on any real regression.
 WER_THRESHOLD = 0.05
-
-
-class ListSink:
-    def __init__(self):
-        self.records = []
-
-    async def submit(self, record):
-        self.records.append(record)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +47,7 @@ async def test_wer_on_fifty_asterisk_prompts_at_telephone_quality():
 )
 async def test_real_captures(engine, name, legs, speech_legs, phrase):
     call = load_call(PCAPS / name)
-    sink = ListSink()
+    sink = CollectingSink()
     result = await transcribe_call(call, Settings(), engine, sink)
     assert len(result.legs) == legs
     for leg_in, leg in zip(call.legs, result.legs):

@@ -16,8 +16,9 @@ from telephony.api import ApiSettings
 from telephony.api.auth import auth_middleware
 from telephony.bench.local import local_settings
 from telephony.service import Service
+from .testdata import vector
 
-CHROME_OFFER = Path("/work/shared/testdata/webrtc_sdp/aiortc_audio_chrome.sdp").read_bytes()
+CHROME_OFFER = vector("webrtc_sdp", "aiortc_audio_chrome.sdp").read_bytes()
 
 
 @pytest.fixture

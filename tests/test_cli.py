@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from .speech import prompt_8k, silence, write_wav
+from .testdata import vector
 
 ROOT = Path(__file__).resolve().parents[1]
-PCAPS = ROOT.parent / "shared" / "testdata" / "pcaps"
+PCAPS = vector("pcaps")
 
 
 def run(args, env, timeout=180, **kw):

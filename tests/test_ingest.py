@@ -33,16 +33,15 @@ from telephony.ingest import (
 )
 from telephony.media.rtp import build_rtp, parse_rtp
 
+from .testdata import vector
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+TESTDATA = vector()
 PCAPS = TESTDATA / "pcaps"
 SOUNDS = Path("/usr/share/asterisk/sounds/en")
-
-needs_testdata = pytest.mark.skipif(not PCAPS.is_dir(), reason=f"shared test data not found at {TESTDATA}")
-needs_sounds = pytest.mark.skipif(not (SOUNDS / "agent-pass.wav").is_file(), reason="asterisk-core-sounds-en-wav not installed")
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,7 +91,6 @@ REAL = {
 }
 
 
-@needs_testdata
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_real_capture_legs_codecs_labels(name):
     want = REAL[name]
@@ -109,7 +107,6 @@ def test_real_capture_legs_codecs_labels(name):
     assert "warnings" not in call.meta
 
 
-@needs_testdata
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_real_capture_durations_match_rtp_clock(name):
     call = loaded(name)
@@ -127,7 +124,6 @@ def test_real_capture_durations_match_rtp_clock(name):
     assert call.duration_ms == pytest.approx(max(ends), abs=1)
 
 
-@needs_testdata
 def test_sip_call_relayed_copies_make_one_leg_per_speaker():
     call = loaded("wireshark_SIP_CALL_RTP_G711.pcap")
     francisco, caller = call.legs
@@ -142,7 +138,6 @@ def test_sip_call_relayed_copies_make_one_leg_per_speaker():
     assert [c["caller"] for c in call.meta["sip_calls"]] == ["caller", "Ivan Alizade"]
 
 
-@needs_testdata
 def test_dtmf_events_stay_in_the_leg_but_codec_comes_from_audio():
     leg = loaded("wireshark_SIP_DTMF2.pcap").legs[1]
     pts = [parse_rtp(d).payload_type for _, d in leg.packets]
@@ -151,7 +146,6 @@ def test_dtmf_events_stay_in_the_leg_but_codec_comes_from_audio():
     assert leg.meta["role"] == "callee" and leg.meta["label_source"] == "sdp-peer"
 
 
-@needs_testdata
 def test_packets_are_the_captured_datagrams_at_capture_times():
     call = loaded("wireshark_rtp_conversacion.pcap")
     frames = [f for f in udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap") if f[2] == 35112]
@@ -215,7 +209,6 @@ def labels(call):
 CONVERSACION = [("101", "PCMU", 1159), ("Gonzalo", "PCMU", 1151)]
 
 
-@needs_testdata
 @pytest.mark.parametrize(
     "linktype,pcapng,nano,encap",
     [(1, True, False, eth), (113, False, True, sll), (101, False, False, ipv4_udp), (1, False, False, vlan_eth)],
@@ -230,7 +223,6 @@ def test_link_types_and_formats(tmp_path, linktype, pcapng, nano, encap):
     assert call.duration_ms == pytest.approx(loaded("wireshark_rtp_conversacion.pcap").duration_ms, abs=1)
 
 
-@needs_testdata
 def test_ipv6_capture_with_ip6_sdp(tmp_path):
     v6 = {"192.168.1.64": "2001:db8::64", "192.168.1.78": "2001:db8::78"}
     frames = []
@@ -243,7 +235,6 @@ def test_ipv6_capture_with_ip6_sdp(tmp_path):
     assert call.legs[1].meta["src"] == "[2001:db8::64]:35112"
 
 
-@needs_testdata
 def test_rfc4475_torture_messages_do_not_break_capture_reading(tmp_path):
     frames = udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap")
     torture = [p.read_bytes() for p in sorted((TESTDATA / "rfc4475").glob("*.dat"))]
@@ -269,7 +260,6 @@ INVITES = [
 ]
 
 
-@needs_testdata
 @pytest.mark.parametrize("name,call_id,caller,callee,audio", INVITES, ids=[i[0] for i in INVITES])
 def test_sip_fields_from_real_invites(name, call_id, caller, callee, audio):
     msg = _parse_sip(0.0, ("0.0.0.0", 5060), ("0.0.0.0", 5060), (TESTDATA / "sip_invites" / name).read_bytes())
@@ -291,7 +281,6 @@ def record_offsets(data: bytes) -> list[int]:
     return offs
 
 
-@needs_testdata
 @pytest.mark.parametrize(
     "into_record", [5, 16, 16 + 30], ids=["cut-in-record-header", "cut-after-record-header", "cut-in-packet-data"]
 )
@@ -310,7 +299,6 @@ def test_truncated_pcap_keeps_packets_before_the_cut(tmp_path, into_record):
         assert leg.packets == whole.packets[: len(leg.packets)]
 
 
-@needs_testdata
 def test_pcap_cut_on_a_record_boundary_is_clean(tmp_path):
     data = (PCAPS / "wireshark_rtp_conversacion.pcap").read_bytes()
     path = tmp_path / "short.pcap"
@@ -319,7 +307,6 @@ def test_pcap_cut_on_a_record_boundary_is_clean(tmp_path):
     assert call.meta["capture"]["frames"] == 1200 and "warnings" not in call.meta
 
 
-@needs_testdata
 def test_truncated_pcapng_keeps_packets_before_the_cut(tmp_path):
     whole = write_capture(tmp_path / "w.pcapng", udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap"), pcapng=True, encap=eth)
     data = whole.read_bytes()
@@ -331,7 +318,6 @@ def test_truncated_pcapng_keeps_packets_before_the_cut(tmp_path):
     assert sum(len(leg.packets) for leg in call.legs) < 2310
 
 
-@needs_testdata
 def test_capture_with_only_non_rtp_udp(tmp_path):
     # The real SIP signalling of a call with its RTP removed, plus DNS-like and random datagrams.
     frames = [f for f in udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap") if f[5][:1] != b"\x80"]
@@ -344,7 +330,6 @@ def test_capture_with_only_non_rtp_udp(tmp_path):
         load_call(path)
 
 
-@needs_testdata
 def test_capture_with_only_g729_names_the_payload_type(tmp_path):
     frames = []
     for ts, s, sp, d, dp, p in udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap"):
@@ -362,7 +347,6 @@ def test_capture_with_only_g729_names_the_payload_type(tmp_path):
     ]
 
 
-@needs_testdata
 def test_capture_with_only_a_stray_stream(tmp_path):
     frames = udp_frames(PCAPS / "sipp_pcap_g711a.pcap")[:6]
     with pytest.raises(IngestError, match=r"no RTP audio streams in the capture: only 1 stray stream\(s\) of under 10 packets$"):
@@ -372,7 +356,6 @@ def test_capture_with_only_a_stray_stream(tmp_path):
     assert [len(leg.packets) for leg in call.legs] == [10]
 
 
-@needs_testdata
 def test_ip_fragments_are_skipped_and_counted(tmp_path):
     frames = udp_frames(PCAPS / "wireshark_rtp_conversacion.pcap")
     rtp = [f for f in frames if f[2] == 35112 and f[5][:1] == b"\x80"][:20]
@@ -392,7 +375,6 @@ def test_ip_fragments_are_skipped_and_counted(tmp_path):
     assert "skipped 20 IP fragments (not reassembled)" in call.meta["warnings"]
 
 
-@needs_sounds
 def test_duration_counts_the_last_packets_audio(tmp_path):
     # A real prompt sent as PCMU every 20 ms: the call lasts packets x 20 ms, not up to the last arrival.
     ulaw = audioop.lin2ulaw(prompt("vm-goodbye").tobytes(), 2)
@@ -441,7 +423,6 @@ def riff(fmt_tag: int, channels: int, rate: int, bits: int, data: bytes, extra_f
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
-@needs_sounds
 def test_asterisk_prompt_loads_as_one_8k_leg():
     path = SOUNDS / "agent-pass.wav"
     with wave.open(str(path)) as w:
@@ -455,7 +436,6 @@ def test_asterisk_prompt_loads_as_one_8k_leg():
     assert call.duration_ms == n * 1000 // 8000
 
 
-@needs_sounds
 def test_stereo_wav_gives_left_and_right_legs(tmp_path):
     a, b = prompt("agent-pass"), prompt("vm-goodbye")
     n = max(len(a), len(b))
@@ -467,7 +447,6 @@ def test_stereo_wav_gives_left_and_right_legs(tmp_path):
     assert call.duration_ms == n * 1000 // 8000
 
 
-@needs_sounds
 def test_dual_mono_stereo_is_one_leg(tmp_path):
     a = prompt("vm-goodbye")
     call = load_call(write_wav(tmp_path / "dual.wav", np.column_stack([a, a]).ravel(), channels=2))
@@ -475,14 +454,12 @@ def test_dual_mono_stereo_is_one_leg(tmp_path):
     assert "identical" in call.meta["warnings"][0]
 
 
-@needs_sounds
 def test_16k_wav(tmp_path):
     a = np.repeat(prompt("vm-goodbye"), 2)  # crude 2x upsample: only the rate matters here
     call = load_call(write_wav(tmp_path / "wide.wav", a, rate=16000))
     assert call.legs[0].rate == 16000 and call.duration_ms == len(a) * 1000 // 16000
 
 
-@needs_sounds
 @pytest.mark.parametrize("law", ["ulaw", "alaw"])
 def test_g711_wav_with_hand_written_header(tmp_path, law):
     a = prompt("agent-pass")
@@ -496,8 +473,6 @@ def test_g711_wav_with_hand_written_header(tmp_path, law):
     assert call.meta["encoding"] == law
 
 
-@needs_sounds
-@pytest.mark.skipif(shutil.which("sox") is None, reason="sox not installed")
 def test_mulaw_wav_written_by_sox(tmp_path):
     # sox writes an 18-byte fmt chunk and a fact chunk: another writer's layout.
     out = tmp_path / "sox-ulaw.wav"
@@ -508,7 +483,6 @@ def test_mulaw_wav_written_by_sox(tmp_path):
     assert len(leg.samples) == len(a) and snr_db(a, leg.samples) > 30
 
 
-@needs_sounds
 def test_wave_format_extensible_pcm(tmp_path):
     a = prompt("vm-goodbye")
     guid_pcm = struct.pack("<HHI", 22, 16, 4) + bytes.fromhex("0100000000001000800000aa00389b71")
@@ -517,7 +491,6 @@ def test_wave_format_extensible_pcm(tmp_path):
     assert np.array_equal(load_call(path).legs[0].samples, a)
 
 
-@needs_sounds
 def test_wav_cut_short_keeps_its_samples(tmp_path):
     a = prompt("agent-pass")
     data = write_wav(tmp_path / "full.wav", a).read_bytes()
@@ -576,7 +549,6 @@ def test_wav_with_fmt_but_no_data(tmp_path):
 # --------------------------------------------------------------------------- raw G.711 and dispatch
 
 
-@needs_sounds
 @pytest.mark.parametrize("suffix", [".ulaw", ".pcmu", ".alaw", ".al"])
 def test_raw_g711(tmp_path, suffix):
     a = prompt("agent-pass")
@@ -599,8 +571,6 @@ def test_law_mismatch_is_audible_in_snr(tmp_path):
     assert snr_db(a, load_call(tmp_path / "x.alaw").legs[0].samples) < 10
 
 
-@needs_sounds
-@needs_testdata
 def test_content_wins_over_extension(tmp_path):
     wav = tmp_path / "really-a-wav.ulaw"
     shutil.copy(SOUNDS / "vm-goodbye.wav", wav)

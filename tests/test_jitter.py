@@ -279,7 +279,7 @@ def test_rfc3550_jitter():
 
 
 def test_pcm16_at_16khz():
-    jb = JitterBuffer(clock_rate=16000, bytes_per_sample=2, silence=b"\0\0")
+    jb = JitterBuffer(rate=16000, bytes_per_sample=2, silence=b"\0\0")
     data = [payload(k, 640) for k in range(6)]
     arrivals = [(5 + k * 20, RtpPacket(96, k, k * 320, 1, data[k])) for k in range(6) if k != 2]
     out = run(jb, arrivals, 1 + W + 6)
@@ -314,8 +314,35 @@ def test_malformed_count_and_stats_dict():
     assert set(d) >= {"received", "lost", "late", "duplicate", "reordered", "silence_ms", "jitter_ms", "resyncs"}
 
 
+def test_wideband_clock_rates_map_timestamps_to_samples():
+    # G.722: an 8 kHz RTP clock for 16 kHz audio; Opus: a 48 kHz clock, decoded at 16 kHz.
+    # Either way a lost packet leaves exactly its 20 ms of silence and the rest stays in place.
+    for clock, step in ((8000, 160), (48000, 960)):
+        jb = JitterBuffer(rate=16000, clock_rate=clock, bytes_per_sample=2, silence=b"\0\0")
+        data = [payload(k, 640) for k in range(6)]
+        arrivals = [(5 + k * 20, RtpPacket(9, k, 70000 + k * step, 1, data[k])) for k in range(6) if k != 2]
+        out = run(jb, arrivals, 1 + W + 6)
+        assert out[1 + W:] == [data[0], data[1], b"\0" * 640, data[3], data[4], data[5]], clock
+        assert jb.stats.lost == 1
+
+
+def test_decode_runs_only_for_packets_that_play():
+    decoded = []
+
+    def decode(p):
+        decoded.append(p.sequence)
+        return bytes(x ^ 0xFF for x in p.payload)
+
+    jb = JitterBuffer(decode=decode)
+    arrivals = stream(4)
+    arrivals.insert(2, arrivals[1])  # a duplicate is never decoded
+    out = run(jb, arrivals, 1 + W + 4)
+    assert sorted(decoded) == [1000, 1001, 1002, 1003] and jb.stats.duplicate == 1
+    assert out[1 + W] == bytes(x ^ 0xFF for x in payload(0))
+
+
 def test_settings_and_validation():
-    jb = JitterBuffer.from_settings(MediaSettings(jitter_window_ms=100), silence=b"\xd5")
+    jb = JitterBuffer(window_ms=MediaSettings(jitter_window_ms=100).jitter_window_ms, silence=b"\xd5")
     out = run(jb, [(5, RtpPacket(8, 1, 0, 1, b"\x01" * FRAME))], 1 + 5 + 1)
     assert out[-1] == b"\x01" * FRAME and out[-2] == b"\xd5" * FRAME  # played 100 ms after its tick
     with pytest.raises(ValueError):
@@ -323,7 +350,7 @@ def test_settings_and_validation():
     with pytest.raises(ValueError):
         JitterBuffer(window_ms=1000, max_jitter_ms=1000)
     with pytest.raises(ValueError):
-        JitterBuffer(clock_rate=8001)
+        JitterBuffer(rate=8001)
 
 
 # -- properties ------------------------------------------------------------------

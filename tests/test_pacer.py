@@ -4,6 +4,7 @@ import random
 import numpy as np
 import pytest
 
+from telephony.media.audio import AudioFrame
 from telephony.media.pacer import Pacer
 
 
@@ -27,7 +28,7 @@ async def test_ten_minutes_of_audio_stays_within_20ms_of_wall_clock():
     clock = VirtualClock(oversleep_ms=8)
     pacer = Pacer(16000, 100, clock=clock, sleep=clock.sleep)
     total = 16000 * 600
-    pacer.push(np.zeros(total, dtype=np.float32))  # one burst: ten minutes at once
+    pacer.push(AudioFrame(np.zeros(total, dtype=np.float32), 16000))  # one burst: ten minutes at once
     pacer.close()
     released = 0
     worst = 0.0
@@ -42,7 +43,7 @@ async def test_ten_minutes_of_audio_stays_within_20ms_of_wall_clock():
 async def test_fixed_interval_sleeping_would_drift_but_pacer_does_not():
     clock = VirtualClock(oversleep_ms=8)
     pacer = Pacer(16000, 20, clock=clock, sleep=clock.sleep)
-    pacer.push(np.zeros(16000 * 60, dtype=np.float32))
+    pacer.push(AudioFrame(np.zeros(16000 * 60, dtype=np.float32), 16000))
     pacer.close()
     n = 0
     async for _ in pacer.chunks():
@@ -54,7 +55,7 @@ async def test_fixed_interval_sleeping_would_drift_but_pacer_does_not():
 async def test_chunks_have_configured_size_and_remainder_flushes():
     clock = VirtualClock()
     pacer = Pacer(16000, 100, clock=clock, sleep=clock.sleep)
-    pacer.push(np.arange(4000, dtype=np.float32))
+    pacer.push(AudioFrame(np.arange(4000, dtype=np.float32), 16000))
     pacer.close()
     sizes = [len(c) async for c in pacer.chunks()]
     assert sizes == [1600, 1600, 800]
@@ -65,14 +66,14 @@ async def test_live_audio_is_released_as_it_arrives():
 
     async def produce():
         for i in range(10):
-            pacer.push(np.full(320, i, dtype=np.float32))
+            pacer.push(AudioFrame(np.full(320, i, dtype=np.float32), 16000))
             await asyncio.sleep(0.02)
         pacer.close()
 
     task = asyncio.create_task(produce())
     got = [c async for c in pacer.chunks()]
     await task
-    assert [int(c[0]) for c in got] == list(range(10))
+    assert [int(c.samples[0]) for c in got] == list(range(10))
 
 
 @pytest.mark.parametrize("chunk_ms", [10, 250])

@@ -9,11 +9,10 @@ from telephony.sip.errors import SipReject
 from telephony.sip.message import SipRequest, Unanswerable, parse_message
 from telephony.sip.sdp import parse_sdp
 from telephony.sip.siprec import parse_invite_body
+from .testdata import vectors
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
-SEEDS = [p.read_bytes() for p in sorted((TESTDATA / "sip_invites").glob("*.sip"))] + [
-    p.read_bytes() for p in sorted((TESTDATA / "rfc4475").glob("*.dat"))]
-SIPREC = [p.read_bytes() for p in sorted((TESTDATA / "siprec").glob("*.txt"))]
+SEEDS = [p.read_bytes() for p in vectors("sip_invites", "*.sip") + vectors("rfc4475", "*.dat")]
+SIPREC = [p.read_bytes() for p in vectors("siprec", "*.txt")]
 
 
 @st.composite

@@ -16,8 +16,9 @@ from telephony.sip.message import (
     response_for,
     split_commas,
 )
+from .testdata import vector
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+TESTDATA = vector()
 TORTURE = TESTDATA / "rfc4475"
 VERDICTS = json.loads((TORTURE / "verdicts.json").read_text())
 

@@ -26,6 +26,7 @@ from telephony.config import SipSettings
 from . import sip_peers as peers
 from .speech import prompt_8k, prompt_text, silence, write_wav
 from .sql import rows
+from .testdata import vectors
 
 pytestmark = pytest.mark.slow
 MAX_WER = 0.2
@@ -129,7 +130,8 @@ async def test_loss_jitter_reordering_still_transcribed_and_counted(fresh_databa
         d = uac.dialog(display="Lossy Line")
         assert (await d.invite(sdp_offer(40000, direction="sendrecv"))).status == 200
         t0 = time.monotonic()
-        sent = await send_rtp(d.media_port(0), audio, impair=Impairment(loss=0.05, reorder=0.05, jitter_ms=40, seed=7))
+        sent = await send_rtp(d.media_port(0), audio, impair=Impairment(loss=0.05, reorder=0.05, jitter_ms=40, seed=7),
+                              local_port=d.offer_port(0))
         await d.bye()
         elapsed_ms = (time.monotonic() - t0) * 1000
         await uac.close()
@@ -160,7 +162,7 @@ async def test_torture_messages_then_a_baresip_call_is_still_transcribed(fresh_d
     import socket
 
     peers.require("baresip", "baresip-core")
-    torture = sorted((peers.Path(__file__).resolve().parents[2] / "shared" / "testdata" / "rfc4475").glob("*.dat"))
+    torture = vectors("rfc4475", "*.dat")
 
     def blast(port):
         for path in torture:
@@ -211,7 +213,7 @@ async def test_bye_mid_sentence_keeps_the_last_words(fresh_database_url, tmp_pat
         uac = await RawUac(("127.0.0.1", ep.port)).open()
         d = uac.dialog(display="Cut Off")
         assert (await d.invite(sdp_offer(40000))).status == 200
-        await send_rtp(d.media_port(0), audio)
+        await send_rtp(d.media_port(0), audio, local_port=d.offer_port(0))
         assert (await d.bye()).status == 200  # right after the last packet, mid-word
         await uac.close()
     said = (await transcript(fresh_database_url, "Cut Off")).lower()

@@ -6,9 +6,10 @@ import pytest
 
 from telephony.sip.errors import SipReject
 from telephony.sip.message import parse_message
-from telephony.sip.sdp import build_answer, build_offer, parse_sdp, usable_audio
+from telephony.sip.sdp import AnswerStream, answered_codecs, build_answer, build_offer, parse_sdp, usable_audio
+from .testdata import vector
 
-INVITES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "sip_invites"
+INVITES = vector("sip_invites")
 
 
 def _body(name: str) -> bytes:
@@ -43,7 +44,10 @@ def test_codec_choice_for_real_offers(name):
         return
     index, pt, codec = EXPECTED[name]
     assert audio[0].index == index
-    assert audio[0].codec() == (pt, codec)
+    chosen = audio[0].negotiate()
+    first_pt, first = next(iter(chosen.items()))
+    assert (first_pt, first.name) == (pt, codec)
+    assert all(not c.audio for c in list(chosen.values())[1:])  # then telephone-event, if offered
 
 
 def test_every_fixture_is_covered():
@@ -52,7 +56,7 @@ def test_every_fixture_is_covered():
 
 def test_answer_keeps_order_rejects_video_and_answers_recvonly():
     offer = parse_sdp(_body("ekiga_3.2.0_invite.sip"))
-    answer = parse_sdp(build_answer(offer, {0: 20000}, "127.0.0.1", 1, 1))
+    answer = parse_sdp(build_answer(offer, {0: AnswerStream(20000, offer.media[0].negotiate())}, "127.0.0.1", 1, 1))
     assert [(m.kind, m.port) for m in answer.media] == [("audio", 20000), ("video", 0)]
     assert answer.media[0].formats == ["8", "101"]  # PCMA and the offered telephone-event
     assert answer.media[0].direction == "recvonly"
@@ -61,7 +65,7 @@ def test_answer_keeps_order_rejects_video_and_answers_recvonly():
 
 def test_answer_to_inactive_or_recvonly_offer_is_inactive():
     offer = parse_sdp(_body("sipp_uac_to_freeswitch_invite_pcmu.sip"))  # a=recvonly: the caller sends nothing
-    answer = parse_sdp(build_answer(offer, {0: 20002}, "127.0.0.1", 1, 1))
+    answer = parse_sdp(build_answer(offer, {0: AnswerStream(20002, offer.media[0].negotiate())}, "127.0.0.1", 1, 1))
     assert answer.media[0].direction == "inactive"
 
 
@@ -71,9 +75,40 @@ def test_session_level_direction_applies_to_media_without_their_own():
     assert [m.direction for m in offer.media] == ["sendonly", "inactive"]
 
 
-def test_late_offer_is_receive_only_pcmu_pcma():
+def test_late_offer_is_receive_only_with_our_codecs_wideband_first():
     offer = parse_sdp(build_offer(20004, "127.0.0.1", 7))
-    assert offer.media[0].direction == "recvonly" and offer.media[0].codec() == (0, "PCMU")
+    m = offer.media[0]
+    assert m.direction == "recvonly"
+    assert [c.name for _, c in m.offered()] == ["G722", "opus", "PCMU", "PCMA", "telephone-event"]
+    # The caller's answer picks one: that is the leg's codec.
+    answer = build_offer(40000, "127.0.0.1", 8, preference=("PCMA",))
+    assert {pt: c.name for pt, c in answered_codecs(parse_sdp(answer)).items()} == {8: "PCMA", 101: "telephone-event"}
+
+
+WIDEBAND = ("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+            "m=audio 4000 RTP/AVP 0 8 9 111 101 102\r\na=rtpmap:111 opus/48000/2\r\n"
+            "a=rtpmap:101 telephone-event/8000\r\na=rtpmap:102 telephone-event/48000\r\na=sendonly\r\n")
+
+
+def test_wideband_is_preferred_when_offered_and_preference_is_configurable():
+    m = parse_sdp(WIDEBAND).media[0]
+    assert {pt: c.name for pt, c in m.negotiate().items()} == {9: "G722", 101: "telephone-event"}
+    # Opus runs a 48 kHz RTP clock: its telephone-event must too.
+    assert {pt: (c.name, c.clock_rate) for pt, c in m.negotiate(("opus", "PCMU")).items()} == {
+        111: ("opus", 48000), 102: ("telephone-event", 48000)}
+    assert list(m.negotiate(("PCMA",))) == [8, 101]
+    assert m.negotiate(("GSM",)) is None
+
+
+def test_answer_writes_opus_rtpmap_fmtp_and_our_crypto():
+    sdp = WIDEBAND.replace("RTP/AVP", "RTP/SAVP") + "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" + "A" * 40 + "\r\n"
+    m = parse_sdp(sdp).media[0]
+    assert m.secure and len(m.crypto) == 1
+    text = build_answer(parse_sdp(sdp), {0: AnswerStream(20000, m.negotiate(("opus",)), "1 AES_CM_128_HMAC_SHA1_80 inline:OURKEY")},
+                        "127.0.0.1", 1, 1).decode()
+    assert "m=audio 20000 RTP/SAVP 111 102" in text
+    assert "a=rtpmap:111 opus/48000/2" in text and "a=fmtp:111 maxplaybackrate=16000" in text
+    assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:OURKEY" in text
 
 
 @pytest.mark.parametrize("bad", [b"", b"hello", "v=0\r\nm=audio x RTP/AVP 0\r\n", "v=0\r\nc=IN\r\n", b"v=0\r\n\xff\xfe"])

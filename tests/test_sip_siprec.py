@@ -7,8 +7,9 @@ import pytest
 
 from telephony.sip.errors import SipReject
 from telephony.sip.siprec import parse_invite_body, parse_metadata, split_multipart
+from .testdata import vector
 
-SIPREC = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "siprec"
+SIPREC = vector("siprec")
 LABELS = json.loads((SIPREC / "labels.json").read_text())
 
 
@@ -94,12 +95,6 @@ def test_crlf_bodies_and_quoted_boundary():
         ("multipart/mixed;boundary=x", b"--x\r\nContent-Type: text/plain\r\n\r\nhello\r\n--x--", 415),  # no SDP
         ("text/plain", b"hello", 415),
         ("multipart/mixed;boundary=x",
-         b"--x\r\nContent-Type: application/sdp\r\n\r\nv=0\r\nm=audio 4000 RTP/AVP 0\r\n--x\r\n"
-         b"Content-Type: application/rs-metadata+xml\r\n\r\n<recording><participant</recording>\r\n--x--", 400),
-        ("multipart/mixed;boundary=x",
-         b"--x\r\nContent-Type: application/sdp\r\n\r\nv=0\r\nm=audio 4000 RTP/AVP 0\r\n--x\r\n"
-         b"Content-Type: application/rs-metadata+xml\r\n\r\n<other/>\r\n--x--", 400),
-        ("multipart/mixed;boundary=x",
          b"--x\r\nContent-Type: application/sdp\r\n\r\nnot sdp\r\n--x--", 400),
     ],
 )
@@ -107,6 +102,29 @@ def test_malformed_bodies_map_to_sip_errors(ctype, body, status):
     with pytest.raises(SipReject) as e:
         parse_invite_body(ctype, body)
     assert e.value.status == status and e.value.reason
+
+
+@pytest.mark.parametrize("xml", [b"<recording><participant</recording>", b"<other/>",
+                                 b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "a">]><recording>&a;</recording>'])
+def test_damaged_rs_metadata_keeps_the_recording_with_fallback_names_and_the_text(xml):
+    # A metadata part that cannot be used must not lose the audio: the streams are recorded,
+    # named by order, and the damaged text is kept for whoever maps them later.
+    body = parse_invite_body(
+        "multipart/mixed;boundary=x",
+        b"--x\r\nContent-Type: application/sdp\r\n\r\nv=0\r\nm=audio 4000 RTP/AVP 0\r\na=label:1\r\n"
+        b"m=audio 4002 RTP/AVP 0\r\na=label:2\r\n--x\r\nContent-Type: application/rs-metadata+xml\r\n\r\n"
+        + xml + b"\r\n--x--")
+    assert body.is_siprec and body.metadata is None
+    assert body.metadata_raw == xml.decode() and "damaged rs-metadata" in body.metadata_note
+    assert [s.speaker for s in body.speakers()] == ["caller", "callee"]
+
+
+def test_cisco_metadata_cut_short_by_content_length_still_records_both_streams():
+    raw = (SIPREC / "drachtio_cisco-siprec-offer.multipart.txt").read_bytes()
+    cut = raw[: raw.index(b"</participant>")] + b"\n--uniqueBoundary--\n"  # what a wrong Content-Length leaves
+    body = parse_invite_body("multipart/mixed;boundary=uniqueBoundary", cut)
+    assert body.is_siprec and body.metadata is None and body.metadata_raw
+    assert [s.speaker for s in body.speakers()] == ["caller", "callee"]
 
 
 def test_entity_expansion_is_refused():

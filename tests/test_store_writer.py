@@ -160,7 +160,6 @@ async def test_hook_fires_after_commit_for_each_utterance(fresh_database_url, jo
     await writer.submit(leg)
     for i in range(3):
         u = an_utterance(leg, i, i * 1000, f"u{i}")
-        u.audio_end_monotonic = before
         await writer.submit(u)
     assert await writer.close(timeout=5)
     assert [s[0] for s in seen] == ["u0", "u1", "u2"]

@@ -11,9 +11,9 @@ from telephony.webrtc.ice import CandidateFilter, restrict_host_addresses
 from telephony.webrtc.offer import (OfferError, OfferNotAcceptable, TrackLabel, assign_labels, decode_body,
                                     inspect_offer)
 
-SDP_DIR = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "webrtc_sdp"
-if not SDP_DIR.is_dir():
-    SDP_DIR = Path("/work/shared/testdata/webrtc_sdp")
+from .testdata import vector
+
+SDP_DIR = vector("webrtc_sdp")
 LOOPBACK = CandidateFilter(["127.0.0.0/8", "::1/128"])
 CODECS = ["PCMU", "PCMA"]
 

@@ -14,8 +14,9 @@ from sqlalchemy import text
 from telephony.bench.local import local_settings
 from telephony.service import Service
 from telephony.config import WebRtcSettings
+from .testdata import vector
 
-SDP_DIR = Path("/work/shared/testdata/webrtc_sdp")
+SDP_DIR = vector("webrtc_sdp")
 FIXTURES = sorted(p.name for p in SDP_DIR.glob("*.sdp"))
 
 

@@ -91,14 +91,10 @@ def bench_pipeline(settings: Settings, frames: int = 15000) -> dict:
 
 # -- accuracy and ASR speed -------------------------------------------------
 
-class _NullSink:
-    async def submit(self, record) -> None:
-        pass
-
-
 async def bench_wer(settings: Settings, n_prompts: int) -> dict:
     from ..asr import create_engine
     from ..batch import transcribe_call
+    from .sinks import CollectingSink
     from ..ingest import CallInput, RtpLegInput
 
     prompts = asterisk_prompts(limit=n_prompts)
@@ -115,7 +111,7 @@ async def bench_wer(settings: Settings, n_prompts: int) -> dict:
             call = CallInput(path=str(path), kind="pcap", meta={}, duration_ms=len(packets) * 20,
                              legs=[RtpLegInput(label="prompt", codec="PCMU", packets=packets, ssrc=0xBE7C4, meta={})])
             async with sem:
-                r = await transcribe_call(call, settings, engine, _NullSink())
+                r = await transcribe_call(call, settings, engine, CollectingSink(keep=False))
             results[i] = " ".join(u.text for u in r.utterances())
             return len(pcm) / 8000
 
@@ -195,7 +191,7 @@ async def bench_latency(settings: Settings, n_legs: int, duration: float) -> dic
                 now = time.monotonic()
                 lateness = max(lateness, now - (start + n * 0.02))
                 while n < total and start + n * 0.02 <= now:
-                    leg.push_rtp(script.packets[n], start + n * 0.02)
+                    leg.push_datagram(script.packets[n], start + n * 0.02)
                     n += 1
                 if n < total:
                     await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))

@@ -62,18 +62,22 @@ def _server(asr: bool) -> None:
     from ..sip.endpoint import SipEndpoint
     from ..config import SipSettings
 
-    class Sink:
+    from .sinks import CollectingSink
+
+    class Sink(CollectingSink):
         def __init__(self):
+            super().__init__(keep=False, on_record=self._record)
             self.legs = []
             self.finals = []  # (stored at, latency s)
 
-        async def submit(self, record):
-            kind = type(record).__name__
-            if kind == "LegEnd":
+        def _record(self, record):
+            if type(record).__name__ == "LegEnd":
                 self.legs.append(record.stats | {"duration_ms": record.duration_ms})
-            elif kind == "UtteranceRecord" and record.audio_end_monotonic:
+
+        def on_final(self, record, final):
+            if final.audio_end_monotonic:
                 now = time.monotonic()
-                self.finals.append((now, now - record.audio_end_monotonic))
+                self.finals.append((now, now - final.audio_end_monotonic))
 
     async def run():
         s = load_settings()  # TELEPHONY_CONFIG / TELEPHONY_<SECTION>_<KEY> tune the ASR under test
@@ -81,7 +85,7 @@ def _server(asr: bool) -> None:
             s.asr.engine = "none"
         sink = Sink()
         engine = create_engine(s) if asr else NullEngine()
-        manager = CallManager(s, engine, sink)
+        manager = CallManager(s, engine, sink, on_final=sink.on_final)
         sip = SipSettings(port=0, max_calls=2000, rate_limit=0, rtp_port_min=30000, rtp_port_max=40000)
         ep = SipEndpoint(sip, manager)
         await ep.start()

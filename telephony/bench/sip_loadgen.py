@@ -51,12 +51,13 @@ class SendStats:
 
 async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, ptime_ms: int = 20,
                    impair: Impairment | None = None, ssrc: int | None = None, transport=None,
-                   seq0: int | None = None) -> SendStats:
-    """Stream ``payload`` (8 kHz G.711) as RTP to ``sock_addr`` in real time. Returns what was sent."""
+                   seq0: int | None = None, local_port: int = 0) -> SendStats:
+    """Stream ``payload`` (8 kHz G.711) as RTP to ``sock_addr`` in real time, from ``local_port``
+    (the port our SDP announced: the service takes media only from there). Returns what was sent."""
     loop = asyncio.get_running_loop()
     own = transport is None
     if own:
-        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", local_port))
     rnd = random.Random(impair.seed if impair else 0)
     impair = impair or Impairment()
     ssrc = ssrc if ssrc is not None else rnd.getrandbits(32)
@@ -159,7 +160,7 @@ def parse_response(data: bytes) -> SipResponse | None:
 def sdp_offer(port: int, *, codecs: tuple[int, ...] = (0, 8), streams: list[dict] | None = None,
               direction: str = "sendonly", host: str = "127.0.0.1") -> str:
     """An SDP offer; ``streams`` (each ``{"label": .., "port": .., "direction": ..}``) makes a SIPREC-style multi-stream one."""
-    names = {0: "PCMU/8000", 8: "PCMA/8000", 101: "telephone-event/8000", 18: "G729/8000", 9: "G722/8000"}
+    names = {0: "PCMU/8000", 8: "PCMA/8000", 101: "telephone-event/8000", 18: "G729/8000", 9: "G722/8000", 3: "GSM/8000"}
     lines = ["v=0", f"o=loadgen {random.getrandbits(31)} 1 IN IP4 {host}", "s=-", f"c=IN IP4 {host}", "t=0 0"]
     for st in streams or [{"port": port, "direction": direction}]:
         lines.append(f"m=audio {st['port']} RTP/AVP " + " ".join(str(c) for c in st.get("codecs", codecs)))
@@ -242,6 +243,7 @@ class SipDialog:
         self.queue: asyncio.Queue[SipResponse] = asyncio.Queue()
         uac._waiters[self.call_id] = self.queue
         self.remote_sdp: str | None = None
+        self.local_sdp: str | None = None  # our latest offer
         self.to_header: str | None = None
 
     def _request(self, method: str, body: bytes = b"", content_type: str | None = None,
@@ -278,6 +280,10 @@ class SipDialog:
             body = body.encode()
         if not body:
             content_type = None
+        if body:
+            self.local_sdp = body.decode("utf-8", "replace")
+        elif ack_body:
+            self.local_sdp = ack_body if isinstance(ack_body, str) else ack_body.decode()
         branch = "z9hG4bK" + uuid.uuid4().hex[:16]
         self.uac.send_raw(self._request("INVITE", body, content_type, headers, branch=branch))
         invite_cseq = self.cseq
@@ -308,6 +314,11 @@ class SipDialog:
 
     async def bye(self, timeout: float = 5.0) -> SipResponse:
         return await self.request("BYE", timeout=timeout)
+
+    def offer_port(self, index: int = 0) -> int:
+        """The port our offer announced for its ``index``-th audio m= line (where our RTP comes from)."""
+        ports = [int(ln.split()[1]) for ln in (self.local_sdp or "").splitlines() if ln.startswith("m=")]
+        return ports[index]
 
     def media_port(self, index: int = 0) -> tuple[str, int]:
         """Where the answer asks us to send RTP for its ``index``-th m= line."""

@@ -4,9 +4,11 @@ The leg calls ``pop(now)`` once per 20 ms tick and always gets one 20 ms
 frame, so the leg's timeline is wall-clock time by construction. The buffer
 only decides which audio goes into each frame.
 
-Positions are kept in *output samples*: ``_cursor`` is the first sample the
-next ``pop`` emits, and each packet is placed at ``pos = its RTP timestamp
-mapped onto that axis``. The mapping is fixed when a stream is anchored (the
+Positions are kept in *output samples* (at ``rate``, the decoded audio's rate,
+which may differ from the RTP clock: G.722 runs an 8 kHz clock for 16 kHz
+audio, Opus a 48 kHz clock): ``_cursor`` is the first sample the next ``pop``
+emits, and each packet is placed at ``pos = its RTP timestamp mapped onto that
+axis``. The mapping is fixed when a stream is anchored (the
 first packet, an SSRC change, a timestamp/sequence jump): the anchoring packet
 plays ``window_ms`` after the tick at which it arrived. Sequence numbers and
 timestamps are unwrapped against the newest packet (RFC 3550 A.1 style), so
@@ -30,6 +32,10 @@ Counting rules (each received packet lands in at most one of late/duplicate):
 Zero-length payloads take up a sequence number without audio: the leg can
 pass non-audio packets (comfort noise, DTMF events) with ``payload=b""`` so
 their sequence numbers are not counted lost.
+
+``decode`` (optional) turns a packet's payload into what the buffer holds (PCM)
+when the packet is placed, i.e. after duplicates, stale and late packets are
+sorted out: stateful decoders (G.722, Opus) only see packets that play.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ import math
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 
-from ..config import MediaSettings
+from math import gcd
+from typing import Callable
+
 from .rtp import RtpPacket
 
 MAX_DROPOUT = 3000  # RFC 3550 A.1: a bigger sequence jump is a restart, not loss
@@ -70,24 +78,30 @@ class JitterStats:
 
 
 class JitterBuffer:
-    def __init__(self, *, clock_rate: int = 8000, frame_ms: int = 20, window_ms: int = 60,
-                 max_jitter_ms: int = 1000, bytes_per_sample: int = 1, silence: bytes = b"\xff"):
-        if clock_rate * frame_ms % 1000 or frame_ms <= 0:
-            raise ValueError(f"{frame_ms} ms is not a whole number of samples at {clock_rate} Hz")
+    def __init__(self, *, rate: int = 8000, clock_rate: int | None = None, frame_ms: int = 20, window_ms: int = 60,
+                 max_jitter_ms: int = 1000, bytes_per_sample: int = 1, silence: bytes = b"\xff",
+                 decode: Callable[[RtpPacket], bytes] | None = None):
+        if rate * frame_ms % 1000 or frame_ms <= 0:
+            raise ValueError(f"{frame_ms} ms is not a whole number of samples at {rate} Hz")
         if window_ms < 0 or max_jitter_ms < window_ms + frame_ms:
             raise ValueError("need 0 <= window_ms and max_jitter_ms >= window_ms + frame_ms")
         if len(silence) != bytes_per_sample:
             raise ValueError("silence must be exactly one sample (bytes_per_sample bytes)")
         self.stats = JitterStats()
-        self._rate = clock_rate
-        self._frame = clock_rate * frame_ms // 1000
+        self._rate = rate
+        clock_rate = clock_rate or rate
+        self._clock_rate = clock_rate
+        g = gcd(rate, clock_rate)
+        self._num, self._den = rate // g, clock_rate // g  # RTP timestamp units → samples
+        self._decode = decode
+        self._frame = rate * frame_ms // 1000
         self._frame_s = frame_ms / 1000
-        self._window = clock_rate * window_ms // 1000
-        self._max_jitter = clock_rate * max_jitter_ms // 1000
+        self._window = rate * window_ms // 1000
+        self._max_jitter = rate * max_jitter_ms // 1000
         self._max_jitter_s = max_jitter_ms / 1000
         self._bps = bytes_per_sample
         self._silence = silence * self._frame  # sliced, never built per frame
-        self._ms_per_sample = 1000 / clock_rate
+        self._ms_per_sample = 1000 / rate
         self._cursor = 0  # output position of the next pop
         self._next_tick = math.inf  # time of the next pop (unknown before the first)
         self._buf: list[tuple[int, int, int, bytes]] = []  # (start, end, ext_seq, payload), sorted
@@ -105,12 +119,6 @@ class JitterBuffer:
         self._probe: tuple[RtpPacket, int, float] | None = None  # (packet, anchor pos, arrival)
         self._prev_ssrc: int | None = None
         self._prev_until = -math.inf
-
-    @classmethod
-    def from_settings(cls, media: MediaSettings, **codec) -> JitterBuffer:
-        """``codec``: clock_rate, bytes_per_sample, silence."""
-        return cls(frame_ms=media.frame_ms, window_ms=media.jitter_window_ms,
-                   max_jitter_ms=media.max_jitter_ms, **codec)
 
     # -- receive side -------------------------------------------------------------
 
@@ -139,7 +147,7 @@ class JitterBuffer:
         if self._seen[ext & _MASK] == ext:
             self._reject(p, arrival, "duplicate")
             return
-        pos = self._hi_pos + (((p.timestamp - self._hi_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
+        pos = self._hi_pos + (((p.timestamp - self._hi_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000) * self._num // self._den
         dev = pos - self._due(arrival)
         far = dev > self._max_jitter or dev < -self._max_jitter
         if dseq > 0:
@@ -170,6 +178,8 @@ class JitterBuffer:
 
     def _place(self, p: RtpPacket, ext: int, pos: int, arrival: float) -> None:
         payload = p.payload
+        if payload and self._decode is not None:
+            payload = self._decode(p)
         n = len(payload) // self._bps
         if n == 0:
             return  # holds a sequence number (already marked seen), no audio
@@ -283,6 +293,20 @@ class JitterBuffer:
         while self._buf:
             frames.append(self._next_frame())
         return frames
+
+    @property
+    def silence_samples(self) -> int:
+        """Silence inserted so far, in samples (exact; ``stats.silence_ms`` is rounded)."""
+        return self._silence_samples
+
+    def position_ms(self, ssrc: int, timestamp: int, clock_rate: int) -> int | None:
+        """Where an RTP timestamp of the current stream plays, in ms of the leg's timeline
+        (telephone-events share the audio's SSRC); None for another stream."""
+        if ssrc != self._ssrc or clock_rate != self._clock_rate:
+            return None
+        delta = ((timestamp - self._hi_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+        pos = self._hi_pos + delta * self._num // self._den
+        return max(0, pos * 1000 // self._rate)
 
     @property
     def depth_ms(self) -> int:

@@ -15,6 +15,8 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
+from .audio import AudioFrame
+
 
 class Pacer:
     def __init__(self, rate: int = 16000, chunk_ms: int = 100, *,
@@ -22,6 +24,7 @@ class Pacer:
                  sleep: Callable[[float], Awaitable] = asyncio.sleep):
         if not 20 <= chunk_ms <= 200:
             raise ValueError(f"pacer chunk must be 20..200 ms, got {chunk_ms}")
+        self.rate = rate
         self.chunk = rate * chunk_ms // 1000
         self._chunk_s = chunk_ms / 1000
         self._clock = clock
@@ -33,7 +36,10 @@ class Pacer:
         self.t0: float | None = None
         self.max_lateness = 0.0  # worst release after its due time (s): how far behind real time we fell
 
-    def push(self, audio: np.ndarray) -> None:
+    def push(self, frame: AudioFrame) -> None:
+        if frame.rate != self.rate:
+            raise ValueError(f"pacer runs at {self.rate} Hz, got a {frame.rate} Hz frame")
+        audio = frame.samples
         if self.t0 is None:
             self.t0 = self._clock()
         self._parts.append(audio)
@@ -53,7 +59,7 @@ class Pacer:
         self._buffered = len(rest)
         return out
 
-    async def chunks(self) -> AsyncIterator[np.ndarray]:
+    async def chunks(self) -> AsyncIterator[AudioFrame]:
         n = 0
         while True:
             while self._buffered < self.chunk and not self._closed:
@@ -68,4 +74,4 @@ class Pacer:
                 await self._sleep(delay)
             else:
                 self.max_lateness = max(self.max_lateness, -delay)
-            yield self._take(min(self.chunk, self._buffered))
+            yield AudioFrame(self._take(min(self.chunk, self._buffered)), self.rate)

@@ -1,4 +1,4 @@
-"""Streaming resampling (8 kHz → 16 kHz, or 48 kHz → 16 kHz for Opus legs).
+"""Streaming resampling, e.g. a G.711 leg's 8 kHz to the 16 kHz an ASR model takes.
 
 ``soxr.ResampleStream`` keeps the filter state between chunks, so a signal
 cut into 20 ms frames comes out as if it had been resampled in one piece (no
@@ -17,6 +17,11 @@ class Resampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._stream = None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+
+    def reset(self) -> None:
+        """Forget the filter's history (after a stretch that was skipped as silence)."""
+        if self._stream is not None:
+            self._stream.clear()
 
     def process(self, pcm16: bytes | np.ndarray, last: bool = False) -> np.ndarray:
         """Resample the next chunk of int16 PCM; ``last=True`` flushes the filter's tail."""

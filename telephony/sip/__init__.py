@@ -6,7 +6,7 @@
     message.py   SIP message parsing/validation (RFC 3261, RFC 4475) and responses
     sdp.py       offers → the stream we record and its codec; our answer
     siprec.py    multipart bodies, rs-metadata, stream label → participant
-    media.py     our own RTP sockets, read on the event loop into LiveLeg.push_rtp
+    media.py     our own RTP sockets, read on the event loop into the leg (source-checked, SRTP unprotected)
     policy.py    source allow-list, per-source rate limit
     auth.py      optional digest authentication of INVITEs
 """

@@ -1,13 +1,18 @@
-"""The SIP endpoint of ``telephony serve``: INVITEs in, one live call per dialog (or per group of
+"""The SIP endpoint of the service: INVITEs in, one live call per dialog (or per group of
 dialogs sharing a correlation header), one leg per recorded audio stream.
 
 Everything runs on the service's asyncio loop. The SIP protocol machinery is
 ``uas.py``; this module decides what a call is: who may open one, which audio
-streams become legs, who speaks on each (From header, SIPREC metadata), and
-it opens our own RTP sockets (``media.py``) whose packets go straight into
-``LiveLeg.push_rtp``. Why our own sockets and not pjsua2: see the README's
-architecture section (measured: pjsua2-python caps a process at 4 calls and
-its media path hides loss from our jitter buffer).
+streams become legs with which codecs, who speaks on each (From header,
+SIPREC metadata), and it opens our own RTP sockets (``media.py``) whose
+packets go to the leg. Why our own sockets and not pjsua2: see the README's
+architecture section.
+
+Order of work for an INVITE, cheapest refusal first: allow-list and per-source
+rate (``_admit_request``, before any parsing of the body), then the service's
+admission (capacity, calls still without media from that source), then the
+body, codecs and sockets. A call is answered 200 only once its record is
+durable in the journal, so a crash right after the answer loses nothing.
 """
 
 from __future__ import annotations
@@ -16,16 +21,18 @@ import asyncio
 import collections
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 
+from ..media.codecs import Codec
 from ..records import CallRecord, new_id, utcnow
+from ..config import SipSettings
 from .auth import DigestAuth
 from .errors import SipReject
-from .media import PortAllocator, RtpStream
+from .media import PortAllocator, RtpStream, SourcePolicy
 from .message import NameAddr, SipRequest, parse_name_addr
 from .policy import AllowList, RateLimiter
-from .sdp import SdpOffer, build_answer, build_offer, parse_sdp, usable_audio
-from ..config import SipSettings
+from .sdp import AnswerStream, MediaDesc, SdpOffer, answered_codecs, build_answer, build_offer, parse_sdp, usable_audio
 from .siprec import InviteBody, assign_speakers, parse_invite_body
 from .transport import Flow
 from .uas import Answer, Dialog, UserAgentServer
@@ -38,11 +45,13 @@ class Stream:
     index: int  # m= line index in the offer
     rtp: RtpStream
     speaker: str
-    codec: str
+    payload_types: dict[int, Codec]
     role: str | None = None
     meta: dict = field(default_factory=dict)
     leg: object | None = None  # LiveLeg once the call has started
-    pt: int | None = None  # negotiated payload type, when the offer mapped G.711 to a dynamic number
+    direction: str = "sendrecv"  # the peer's, from its latest offer
+    srtp: object | None = None  # inbound SRTP session (SDES keys from the offer)
+    crypto_answer: str | None = None  # our a=crypto value for the answer
 
 
 @dataclass(eq=False)
@@ -51,56 +60,65 @@ class CallState:
 
     sip_call_id: str
     source: str
+    remote_ip: str
     from_addr: NameAddr | None
     to_addr: NameAddr | None
     siprec: bool
     body: InviteBody | None
     correlation: str | None
     plain_speaker: str
+    secure_signalling: bool = False  # the INVITE came over TLS
     streams: dict[int, Stream] = field(default_factory=dict)
     sdp_session: int = field(default_factory=lambda: random.getrandbits(31))
     sdp_version: int = 1
-    started: asyncio.Future | None = None  # -> LiveCall | None
+    live: object | None = None  # LiveCall
     ended: bool = False
+    answered_at: float = field(default_factory=time.monotonic)
+    paused_since: float | None = None  # on hold: the media timeout does not run
+    resumed_at: float = 0.0
+    was_sendrecv: bool = False
+
+    @property
+    def media_seen(self) -> bool:
+        return any(x.rtp.last_packet is not None for x in self.streams.values())
+
+    @property
+    def last_media(self) -> float:
+        return max((x.rtp.last_packet or 0.0 for x in self.streams.values()), default=0.0)
 
 
 def sip_settings(settings) -> SipSettings:
-    """Accept our SipSettings, a Settings with a ``sip`` section, or None (defaults)."""
+    """Accept SipSettings, a Settings with a ``sip`` section, or None (defaults)."""
     if isinstance(settings, SipSettings):
         return settings
     sip = getattr(settings, "sip", None)
-    if isinstance(sip, SipSettings):
-        return sip
-    base = SipSettings()
-    if sip is not None:  # telephony/config.py's own [sip] dataclass: same field names
-        for name in base.__dataclass_fields__:
-            if hasattr(sip, name):
-                value = getattr(sip, name)
-                if isinstance(getattr(base, name), list) and isinstance(value, str):
-                    value = [v.strip() for v in value.split(",") if v.strip()]  # from an environment variable
-                setattr(base, name, value)
-    return base
+    return sip if isinstance(sip, SipSettings) else SipSettings()
 
 
 class SipEndpoint:
     """``await start()`` binds the listeners; ``await stop()`` refuses new calls, hangs up every
-    dialog (BYE) and ends every call through ``LiveCall.end`` so that every final is stored."""
+    dialog (BYE) and ends every call through ``LiveCall.end`` so that every final is stored.
 
-    def __init__(self, settings, manager, loop: asyncio.AbstractEventLoop | None = None):
+    ``admission``: the service's admission control (``telephony.admission.Admission``), or None.
+    """
+
+    def __init__(self, settings, manager, admission=None):
         self.settings = s = sip_settings(settings)
         self.manager = manager
-        self.loop = loop
+        self.admission = admission
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.allow = AllowList(s.allow)
         self.limiter = RateLimiter(s.rate_limit, s.rate_burst)
         self.auth = DigestAuth(s.auth_realm, s.auth_user, s.auth_password) if s.auth_password else None
         self.allocator = PortAllocator(s.host, s.rtp_port_min, s.rtp_port_max)
         self.uas = UserAgentServer(self, host=s.host, announce=s.announce, user=s.user,
                                    session_expires=s.session_expires_s, min_se=s.min_se_s,
-                                   admit_request=self._admit_request)
+                                   admit_request=self._admit_request, tcp_idle_timeout=s.tcp_idle_timeout_s)
         self.accepting = False
         self.calls: set[CallState] = set()  # dialogs not yet ended
         self._groups: dict[object, tuple[asyncio.Future, set[CallState]]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._watchdog: asyncio.Task | None = None
         self.rejected: dict[int, int] = {}  # status -> count, for tests and metrics
         self.ended = collections.deque(maxlen=256)  # (SIP Call-ID, why, peer address) of recent dialogs
 
@@ -116,10 +134,14 @@ class SipEndpoint:
         if s.tls:
             await self.uas.transport.start_tls(s.host, s.tls_port, s.tls_cert, s.tls_key)
         self.accepting = True
+        if s.media_timeout_s > 0:
+            self._watchdog = self.loop.create_task(self._watch_media(), name="sip-media-timeout")
         log.info("SIP listening on %s %s (sip:%s@%s:%d)", s.host, self.uas.ports, s.user, s.announce, self.port)
 
     async def stop(self, timeout: float = 60.0) -> None:
         self.accepting = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for d in list(self.uas.dialogs.values()):
             self.uas.hangup(d, "shutdown")
         for st in list(self.calls):  # dialogs that never got that far (no ACK yet) end too
@@ -130,44 +152,75 @@ class SipEndpoint:
 
     # -- admission --------------------------------------------------------
     def _admit_request(self, req: SipRequest, flow: Flow) -> None:
-        """Every out-of-dialog request: source allow-list (403), per-source rate (503)."""
+        """Every out-of-dialog request: source allow-list (403), per-source rate (503). Before any
+        per-call work; the UAS answers these refusals once, statelessly."""
         ip = flow.remote[0]
         if not self.allow.allows(ip):
             self._count(403)
             raise SipReject(403, "Forbidden")
         if not self.limiter.allow(ip):
             self._count(503)
-            raise SipReject(503, "Rate limit exceeded", {"Retry-After": "1"})
+            raise SipReject(503, "Rate limit exceeded", {"Retry-After": str(self.settings.retry_after_s)})
 
     def _count(self, status: int) -> None:
         self.rejected[status] = self.rejected.get(status, 0) + 1
 
+    def _busy(self, reason: str, retry_after: int | None = None) -> SipReject:
+        return SipReject(503, reason, {"Retry-After": str(retry_after or self.settings.retry_after_s)})
+
     # -- App interface (called by the UAS) ----------------------------------
-    def on_invite(self, req: SipRequest, flow: Flow) -> Answer:
+    async def on_invite(self, req: SipRequest, flow: Flow) -> Answer:
         try:
             st = self._admit_invite(req, flow)
         except SipReject as r:
             self._count(r.status)
             log.info("INVITE %s from %s:%d refused: %d %s", req.call_id, *flow.remote, r.status, r.reason)
             return Answer(r.status, r.reason, [(k.lower(), v) for k, v in r.headers.items()])
-        sdp = self._local_sdp(st)
         self.calls.add(st)
-        st.started = self.loop.create_future()
-        self._spawn(self._start_call(st))
-        return Answer(200, "OK", sdp=sdp, app=st)
+        try:
+            await self._start_call(st)
+        except Exception as exc:
+            self._release(st)
+            if isinstance(exc, RuntimeError) and not self.manager.accepting:
+                return Answer(503, "Shutting down", [("retry-after", str(self.settings.retry_after_s))])
+            log.exception("could not start call %s", st.sip_call_id)
+            return Answer(500, "Server Internal Error", [("retry-after", str(self.settings.retry_after_s))])
+        return Answer(200, "OK", sdp=self._local_sdp(st), app=st)
+
+    def on_cancelled(self, st: CallState) -> None:
+        """The INVITE was CANCELled while we set the call up: it ends before it began."""
+        self._end(st)
 
     def _admit_invite(self, req: SipRequest, flow: Flow) -> CallState:
         s = self.settings
+        ip = flow.remote[0]
         if not self.accepting or not getattr(self.manager, "accepting", True):
-            raise SipReject(503, "Shutting down", {"Retry-After": str(s.retry_after_s)})
+            raise self._busy("Shutting down")
         if len(self.calls) >= s.max_calls:
-            raise SipReject(503, "Too many calls", {"Retry-After": str(s.retry_after_s)})
+            raise self._busy("Too many calls")
+        pending = sum(1 for c in self.calls if c.remote_ip == ip and not c.media_seen)
+        if s.max_pending_per_source and pending >= s.max_pending_per_source:
+            # Calls that never send media cost little, but a flood of them must not crowd out others.
+            raise self._busy("Too many calls without media from this source")
         if self.auth is not None:
             verdict = self.auth.check("INVITE", req.get("authorization"))
             if verdict != "ok":
                 raise SipReject(401, "Unauthorized", {"WWW-Authenticate": self.auth.challenge(stale=verdict == "stale")})
         body = parse_invite_body(req.get("content-type"), req.body) if req.body.strip() else None
         siprec = "siprec" in req.tokens("require") or (body is not None and body.is_siprec)
+        n_streams = 1
+        if body is not None:
+            audio = usable_audio(body.sdp, s.codecs)
+            if not audio:
+                offered = sorted({c.name for m in body.sdp.audio() for _, c in m.offered()} or {"none we decode"})
+                raise SipReject(488, f"Not Acceptable Here: no audio codec we take (offered {', '.join(offered)};"
+                                     f" we take {', '.join(s.codecs)})",
+                                {"Warning": '304 telephony "Media type not available"'})
+            n_streams = min(len(audio), s.max_streams) if siprec else 1
+        if self.admission is not None:
+            refusal = self.admission.check(ip, legs=n_streams)
+            if refusal is not None:
+                raise self._busy(refusal.reason, refusal.retry_after_s)
         correlation = None
         if s.correlation_header:
             correlation = req.get(s.correlation_header)
@@ -176,22 +229,20 @@ class SipEndpoint:
                 if not correlation or len(correlation) > 256:
                     raise SipReject(400, f"Bad {s.correlation_header} header")
         frm, to = parse_name_addr(req.get("from")), parse_name_addr(req.get("to"))
-        st = CallState(sip_call_id=req.call_id, source=f"{flow.remote[0]}:{flow.remote[1]}", from_addr=frm,
+        st = CallState(sip_call_id=req.call_id, source=f"{ip}:{flow.remote[1]}", remote_ip=ip, from_addr=frm,
                        to_addr=to, siprec=siprec, body=body, correlation=correlation,
-                       plain_speaker=self._plain_speaker(frm))
+                       plain_speaker=self._plain_speaker(frm), secure_signalling=flow.transport == "TLS")
         if body is not None:
-            audio = usable_audio(body.sdp)
-            if not audio:
-                raise SipReject(488, "Not Acceptable Here: no PCMU/PCMA audio stream",
-                                {"Warning": '304 telephony "Media type not available"'})
             self._open_streams(st, body.sdp)
-        else:  # late offer: we offer one receive-only stream in the 200
-            try:
-                rtp = RtpStream(self.allocator)
-            except OSError:
-                raise SipReject(503, "No RTP port available", {"Retry-After": str(s.retry_after_s)}) from None
-            st.streams[0] = Stream(0, rtp, st.plain_speaker, "PCMU", "caller", {"sdp_index": 0})
+        else:  # late offer: we offer one receive-only stream in the 200; the ACK's answer picks the codec
+            st.streams[0] = Stream(0, self._rtp_stream(st), st.plain_speaker, {}, "caller", {"sdp_index": 0})
         return st
+
+    def _rtp_stream(self, st: CallState) -> RtpStream:
+        try:
+            return RtpStream(self.allocator, SourcePolicy(latch=self.settings.rtp_latch, signalling_ip=st.remote_ip))
+        except OSError:
+            raise self._busy("No RTP port available") from None
 
     def _plain_speaker(self, frm: NameAddr | None) -> str:
         s = self.settings
@@ -202,47 +253,94 @@ class SipEndpoint:
         return frm.user or frm.display or s.speaker_fixed
 
     def _open_streams(self, st: CallState, offer: SdpOffer) -> list[Stream]:
-        """Sockets for every recorded stream of ``offer`` we do not have yet (re-offers keep theirs)."""
+        """Sockets for every recorded stream of ``offer`` we do not have yet (re-offers keep theirs);
+        every stream's expected source and direction follow the offer."""
         s = self.settings
-        audio = usable_audio(offer)
+        audio = usable_audio(offer, s.codecs)
         if not st.siprec:
             audio = audio[:1]  # a plain call is one speaker: the first audio stream
         audio = audio[: s.max_streams]
         speakers = {sp.index: sp for sp in assign_speakers(audio, st.body.metadata if st.body else None,
                                                            s.siprec_fallback_speakers)}
         new = []
-        for m in audio:
-            if m.index in st.streams:
-                continue
-            try:
-                rtp = RtpStream(self.allocator)
-            except OSError:
-                for n in new:
-                    n.rtp.close()
-                raise SipReject(503, "No RTP port available", {"Retry-After": str(s.retry_after_s)}) from None
-            pt, codec = m.codec()
-            meta = {"sdp_index": m.index}
-            if m.label is not None:
-                meta["label"] = m.label
-            if st.siprec:
-                sp = speakers[m.index]
-                meta["speaker_source"] = sp.source
-                if sp.participant is not None:
-                    meta.update(participant_id=sp.participant.id, aor=sp.participant.aor)
-                stream = Stream(m.index, rtp, sp.speaker, codec, None, meta)
-            else:
-                stream = Stream(m.index, rtp, st.plain_speaker, codec, "caller", meta)
-            if pt not in (0, 8):
-                stream.pt = pt
-            st.streams[m.index] = stream
-            new.append(stream)
+        try:
+            for m in audio:
+                stream = st.streams.get(m.index)
+                if stream is None:
+                    stream = self._new_stream(st, m, speakers.get(m.index))
+                    st.streams[m.index] = stream
+                    new.append(stream)
+                self._follow(st, stream, m)
+        except SipReject:
+            for n in new:
+                n.rtp.close()
+                st.streams.pop(n.index, None)
+            raise
         return new
 
+    def _new_stream(self, st: CallState, m: MediaDesc, sp) -> Stream:
+        payload_types = m.negotiate(self.settings.codecs)
+        srtp, ours = self._srtp(st, m)
+        crypto = ours.sdp() if ours is not None else None
+        rtp = self._rtp_stream(st)
+        meta = {"sdp_index": m.index}
+        if m.label is not None:
+            meta["label"] = m.label
+        if ours is not None:
+            meta["srtp"] = ours.suite
+        if st.siprec:
+            meta["speaker_source"] = sp.source
+            if sp.participant is not None:
+                meta.update(participant_id=sp.participant.id, aor=sp.participant.aor)
+            return Stream(m.index, rtp, sp.speaker, payload_types, None, meta, srtp=srtp, crypto_answer=crypto)
+        return Stream(m.index, rtp, st.plain_speaker, payload_types, "caller", meta, srtp=srtp, crypto_answer=crypto)
+
+    def _srtp(self, st: CallState, m: MediaDesc):
+        """(inbound SRTP receiver, our CryptoAttribute for the answer) for a secure stream;
+        (None, None) for plain RTP. Refusals are 488 with the reason."""
+        s = self.settings
+        if not m.secure:
+            if s.srtp == "required":
+                raise SipReject(488, "Not Acceptable Here: SRTP (RTP/SAVP with a=crypto) required")
+            return None, None
+        if s.srtp == "off":
+            raise SipReject(488, "Not Acceptable Here: SRTP is switched off here")
+        if not st.secure_signalling and not s.srtp_insecure_keys:
+            raise SipReject(488, "Not Acceptable Here: SRTP keys (a=crypto) only over SIP TLS")
+        from ..media.srtp import SdesError, SrtpReceiver, negotiate
+
+        try:
+            remote, ours = negotiate(m.crypto)
+        except SdesError as exc:
+            raise SipReject(488, f"Not Acceptable Here: {exc}") from None
+        return SrtpReceiver(remote), ours
+
+    def _follow(self, st: CallState, stream: Stream, m: MediaDesc) -> None:
+        """Where the stream's packets must come from, and whether the peer is sending at all."""
+        stream.rtp.policy.expect(m.address, m.port)
+        if m.direction == "sendrecv":
+            st.was_sendrecv = True
+        stream.direction = m.direction
+        paused = all(self._paused(st, x) for x in st.streams.values())
+        if paused and st.paused_since is None:
+            st.paused_since = time.monotonic()
+        elif not paused and st.paused_since is not None:
+            st.paused_since = None
+            st.resumed_at = time.monotonic()  # the timeout counts again from the resume
+
+    def _paused(self, st: CallState, x: Stream) -> bool:
+        """On hold: the peer said it sends nothing (inactive/recvonly, or c=0.0.0.0); a plain call
+        that went from sendrecv to sendonly (the PBX's hold) counts too. SIPREC sends sendonly."""
+        if x.direction in ("inactive", "recvonly") or x.rtp.policy.address is None:
+            return True
+        return not st.siprec and st.was_sendrecv and x.direction == "sendonly"
+
     def _local_sdp(self, st: CallState) -> bytes:
-        ports = {i: x.rtp.port for i, x in st.streams.items()}
         if st.body is None:
-            return build_offer(ports[0], self.settings.announce, st.sdp_session, st.sdp_version)
-        return build_answer(st.body.sdp, ports, self.settings.announce, st.sdp_session, st.sdp_version)
+            return build_offer(st.streams[0].rtp.port, self.settings.announce, st.sdp_session, st.sdp_version,
+                               self.settings.codecs)
+        accepted = {i: AnswerStream(x.rtp.port, x.payload_types, x.crypto_answer) for i, x in st.streams.items()}
+        return build_answer(st.body.sdp, accepted, self.settings.announce, st.sdp_session, st.sdp_version)
 
     def on_reoffer(self, dialog: Dialog, req: SipRequest) -> Answer:
         """re-INVITE / UPDATE: hold, resume, refresh, new streams or late SIPREC metadata. Same call, same legs."""
@@ -253,15 +351,20 @@ class SipEndpoint:
             return Answer(200, "OK", sdp=self._local_sdp(st) if req.method == "INVITE" else None)
         try:
             body = parse_invite_body(req.get("content-type"), req.body)
-            if not usable_audio(body.sdp) and any(m.port for m in body.sdp.audio()):
-                raise SipReject(488, "Not Acceptable Here: no PCMU/PCMA audio stream")
+            if not usable_audio(body.sdp, self.settings.codecs) and any(m.port for m in body.sdp.audio()):
+                raise SipReject(488, "Not Acceptable Here: no audio codec we take")
         except SipReject as r:
             log.info("re-offer for %s refused: %d %s", st.sip_call_id, r.status, r.reason)
             return Answer(r.status, r.reason, [(k.lower(), v) for k, v in r.headers.items()])
-        old_meta = st.body.metadata if st.body else None
-        metadata = body.metadata or old_meta
-        st.body = InviteBody(body.sdp, body.sdp_text, metadata, body.metadata_note, body.parts)
+        old = st.body
+        metadata = body.metadata or (old.metadata if old else None)
+        st.body = InviteBody(body.sdp, body.sdp_text, metadata, body.metadata_note or (old.metadata_note if old else None),
+                             body.parts, body.metadata_raw or (old.metadata_raw if old else None))
         st.siprec = st.siprec or body.is_siprec or "siprec" in req.tokens("require")
+        for m in body.sdp.audio():  # hold with port 0 or c=0.0.0.0: keep the socket, pause the timeout
+            x = st.streams.get(m.index)
+            if x is not None and m.port == 0:
+                x.direction = "inactive"
         try:
             new = self._open_streams(st, body.sdp)
         except SipReject as r:
@@ -269,7 +372,8 @@ class SipEndpoint:
         st.sdp_version += 1
         changes = {}
         if body.metadata is not None:
-            for sp in assign_speakers(usable_audio(body.sdp), metadata, self.settings.siprec_fallback_speakers):
+            for sp in assign_speakers(usable_audio(body.sdp, self.settings.codecs), metadata,
+                                      self.settings.siprec_fallback_speakers):
                 x = st.streams.get(sp.index)
                 if x is not None and x.speaker != sp.speaker:
                     x.speaker = sp.speaker
@@ -279,20 +383,25 @@ class SipEndpoint:
         return Answer(200, "OK", sdp=self._local_sdp(st))
 
     def on_ack(self, dialog: Dialog, req: SipRequest) -> None:
-        """Late offer: the ACK carries the answer to our offer, so now we know the codec."""
+        """Late offer: the ACK carries the answer to our offer, so now we know the codec and the source."""
         st: CallState = dialog.app
-        if st is None or st.body is not None:
+        if st is None or st.body is not None or 0 not in st.streams:
             return
         try:
             answer = parse_sdp(req.body)
         except SipReject:
             return
-        audio = usable_audio(answer)
-        if audio and 0 in st.streams:
-            st.streams[0].codec = audio[0].codec()[1]
-        st_ready = st.streams.get(0)
-        if st_ready is not None and st_ready.leg is None:
-            self._spawn(self._update_call(st, [st_ready], {}, None))
+        stream = st.streams[0]
+        chosen = answered_codecs(answer, self.settings.codecs)
+        audio = [m for m in answer.audio() if m.port != 0]
+        if chosen is None or not audio:
+            log.info("late-offer answer for %s has no audio we take: hanging up", st.sip_call_id)
+            self.uas.hangup(dialog, "no-codec")
+            return
+        stream.payload_types = chosen
+        self._follow(st, stream, audio[0])
+        if stream.leg is None:
+            self._spawn(self._update_call(st, [stream], {}, None))
 
     def on_terminated(self, dialog: Dialog, why: str) -> None:
         st: CallState = dialog.app
@@ -308,6 +417,13 @@ class SipEndpoint:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_failure)
 
+    def _release(self, st: CallState) -> None:
+        """A call that never started (refused while being set up): free its sockets."""
+        st.ended = True
+        self.calls.discard(st)
+        for stream in st.streams.values():
+            stream.rtp.close()
+
     def _end(self, st: CallState) -> None:
         if st.ended:
             return
@@ -316,53 +432,47 @@ class SipEndpoint:
         self._spawn(self._end_call(st))
 
     async def _start_call(self, st: CallState) -> None:
-        live = None
+        """Start (or join, for a correlated dialog) the live call and open its legs; returns once the
+        call and its legs are journalled."""
         key = st.correlation if st.correlation else st
-        try:
-            group = self._groups.get(key)
-            if group is not None:
-                group[1].add(st)
-                live = await group[0]
-            else:
-                fut = self.loop.create_future()
-                self._groups[key] = (fut, {st})
-                try:
-                    live = await self.manager.start_call(self._call_record(st))
-                finally:
-                    fut.set_result(live)
+        group = self._groups.get(key)
+        if group is not None:
+            group[1].add(st)
+            live = await asyncio.shield(group[0])
             if live is None:
-                return
-            if st.correlation:
-                live.update_meta(**{f"dialog:{st.sip_call_id}": self._dialog_meta(st)})
-            if st.body is not None:  # late offer: the leg opens when the ACK brings the answer (on_ack)
-                for stream in list(st.streams.values()):
-                    await self._open_leg(live, stream)
-        except Exception:
-            log.exception("could not start call %s", st.sip_call_id)
-            live = None
-        finally:
-            st.started.set_result(live)
-            if live is None and not st.ended:
-                self._hangup(st)
-
-    def _hangup(self, st: CallState) -> None:
-        for d in list(self.uas.dialogs.values()):
-            if d.app is st:
-                self.uas.hangup(d, "no-pipeline")
-                return
-        self._end(st)
+                group[1].discard(st)
+                raise RuntimeError("the correlated call could not start")
+        else:
+            fut = self.loop.create_future()
+            self._groups[key] = (fut, {st})
+            try:
+                live = await self.manager.start_call(self._call_record(st))
+            except BaseException:
+                self._groups.pop(key, None)
+                fut.set_result(None)
+                raise
+            fut.set_result(live)
+        st.live = live
+        if st.correlation:
+            live.update_meta(**{f"dialog:{st.sip_call_id}": self._dialog_meta(st)})
+        if st.body is not None:  # late offer: the leg opens when the ACK brings the answer (on_ack)
+            for stream in list(st.streams.values()):
+                await self._open_leg(live, stream)
+        await self.manager.flushed()
 
     async def _open_leg(self, live, stream: Stream) -> None:
         if stream.leg is not None or stream.rtp.closed:
             return
-        stream.leg = live.add_leg(speaker=stream.speaker, role=stream.role, codec=stream.codec, meta=stream.meta)
-        sink = stream.leg.push_rtp
-        if stream.pt is not None:
-            sink = _static_pt(sink, stream.pt, 0 if stream.codec == "PCMU" else 8)
-        await stream.rtp.attach(sink)
+        meta = dict(stream.meta)
+        codecs = [c.name for c in stream.payload_types.values()]
+        meta["payload_types"] = {str(pt): c.name for pt, c in stream.payload_types.items()}
+        stream.leg = live.add_leg(speaker=stream.speaker, role=stream.role, payload_types=stream.payload_types,
+                                  meta=meta)
+        log.debug("leg %s: %s", stream.leg.id, ", ".join(codecs))
+        await stream.rtp.attach(_Receiver(stream))
 
     async def _update_call(self, st: CallState, new: list[Stream], changes: dict[int, str], metadata) -> None:
-        live = await st.started
+        live = st.live
         if live is None or st.ended:
             return
         for stream in new:
@@ -375,7 +485,7 @@ class SipEndpoint:
             live.update_meta(**metadata.as_meta())
 
     async def _end_call(self, st: CallState) -> None:
-        live = await st.started if st.started is not None else None
+        live = st.live
         for stream in st.streams.values():
             stream.rtp.drain()
             stream.rtp.close()
@@ -390,6 +500,21 @@ class SipEndpoint:
             del self._groups[key]
         if live is not None:
             await live.end("completed")
+
+    async def _watch_media(self) -> None:
+        """Hang up (BYE) dialogs whose streams stay silent for ``media_timeout_s``, hold excluded."""
+        limit = self.settings.media_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            for d in list(self.uas.dialogs.values()):
+                st = d.app
+                if st is None or st.ended or st.paused_since is not None:
+                    continue
+                since = max(st.last_media, st.answered_at, st.resumed_at)
+                if now - since > limit:
+                    log.info("no media on %s for %.0f s: hanging up", st.sip_call_id, now - since)
+                    self.uas.hangup(d, "media-timeout")
 
     def _call_record(self, st: CallState) -> CallRecord:
         meta = self._dialog_meta(st)
@@ -409,19 +534,30 @@ class SipEndpoint:
             meta["from_display"] = st.from_addr.display
         if st.body is not None and st.body.metadata_note:
             meta["metadata_note"] = st.body.metadata_note
+        if st.body is not None and st.body.metadata_raw:
+            meta["metadata_raw"] = st.body.metadata_raw
         return meta
 
 
-def _static_pt(push, dynamic: int, static: int):
-    """G.711 offered under a dynamic payload type (legal, rare): renumber to the static one the
-    leg pipeline decodes, keeping the marker bit; other payloads (DTMF events) pass unchanged."""
+class _Receiver:
+    """A stream's packets into its leg; SRTP is unprotected here, before anything parses it."""
 
-    def sink(data: bytes, arrival: float) -> None:
-        if len(data) >= 12 and data[1] & 0x7F == dynamic:
-            data = data[:1] + bytes([(data[1] & 0x80) | static]) + data[2:]
-        push(data, arrival)
+    __slots__ = ("leg", "srtp")
 
-    return sink
+    def __init__(self, stream: Stream):
+        self.leg = stream.leg
+        self.srtp = stream.srtp
+
+    def push_datagram(self, data: bytes, arrival: float) -> None:
+        if self.srtp is not None:
+            data = self.srtp.unprotect(data)
+            if data is None:  # failed authentication or a replay: not this call's audio
+                self.leg.count_foreign()
+                return
+        self.leg.push_datagram(data, arrival)
+
+    def count_foreign(self) -> None:
+        self.leg.count_foreign()
 
 
 def _raise_fd_limit(want: int) -> None:

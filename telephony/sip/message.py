@@ -299,7 +299,8 @@ class NameAddr:
 
     @property
     def user(self) -> str | None:
-        m = re.match(r"^(?:sips?|tel):([^@;?]+)", self.uri, re.I)
+        """The user part (``sip:alice@host`` → alice, ``tel:+123`` → +123); None for ``sip:host:port``."""
+        m = re.match(r"^tel:([^;?]+)", self.uri, re.I) or re.match(r"^sips?:([^@;?]+)@", self.uri, re.I)
         return m.group(1) if m else None
 
     @property
@@ -324,7 +325,7 @@ def parse_name_addr(value: str | None, strict: bool = False) -> NameAddr | None:
                 if strict:
                     raise SipReject(400, "Unterminated quoted string")
                 return None
-            display = re.sub(r"\\(.)", r"\1", m.group(1))
+            display = re.sub(r"\\(.)", r"\1", m.group(1)).strip()
             rest = rest[m.end():]
         else:
             name, _, tail = rest.partition("<")
@@ -350,22 +351,6 @@ def parse_name_addr(value: str | None, strict: bool = False) -> NameAddr | None:
     if strict and params:
         _check_params(";" + params, "header")
     return NameAddr(None, uri.strip(), (";" + params) if params else "")
-
-
-def host_of(src_address: str) -> str:
-    """``1.2.3.4:5060`` / ``[::1]:5060`` → the IP part."""
-    s = src_address.strip()
-    if s.startswith("["):
-        return s[1:].split("]", 1)[0]
-    return s.rsplit(":", 1)[0] if s.count(":") == 1 else s
-
-
-def parse_request(raw: bytes | str) -> SipRequest:
-    """Parse text known to be a request (tests, fixtures); same rules as ``parse_message``."""
-    msg = parse_message(raw.encode() if isinstance(raw, str) else raw)
-    if not isinstance(msg, SipRequest):
-        raise SipReject(400, "not a request")
-    return msg
 
 
 def build_message(start: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:

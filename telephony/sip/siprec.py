@@ -23,6 +23,7 @@ from .errors import SipReject
 from .sdp import SdpOffer, parse_sdp
 
 MAX_METADATA_BYTES = 256 * 1024  # real metadata is a few KB; refuse anything that looks like an attack
+MAX_KEPT_METADATA = 16 * 1024  # of a damaged part, this much is kept on the call
 METADATA_TYPES = ("application/rs-metadata+xml", "application/rs-metadata")
 
 
@@ -83,10 +84,12 @@ class InviteBody:
     metadata: RecordingMetadata | None = None
     metadata_note: str | None = None  # why metadata was ignored, for the log and the call's meta
     parts: list[str] = field(default_factory=list)  # content types seen, in order
+    metadata_raw: str | None = None  # a damaged rs-metadata part, kept as sent (shortened) on the call
 
     @property
     def is_siprec(self) -> bool:
-        return self.metadata is not None
+        """An rs-metadata part was sent, usable or not: every stream is a participant's."""
+        return self.metadata is not None or self.metadata_raw is not None
 
     def speakers(self, fallback: list[str] | tuple[str, ...] = ("caller", "callee")) -> list[StreamSpeaker]:
         """One entry per audio stream we can record, in SDP order."""
@@ -237,6 +240,7 @@ def parse_invite_body(content_type: str | None, body: bytes) -> InviteBody:
     parts = split_multipart(content_type or "", body)
     sdp_text = None
     metadata = None
+    raw = None
     note = None
     seen = []
     for headers, payload in parts:
@@ -244,10 +248,18 @@ def parse_invite_body(content_type: str | None, body: bytes) -> InviteBody:
         seen.append(ptype)
         if ptype == "application/sdp" and sdp_text is None:
             sdp_text = payload.decode("utf-8", "replace")
-        elif ptype in METADATA_TYPES and metadata is None:
-            metadata = parse_metadata(payload)
+        elif ptype in METADATA_TYPES and metadata is None and raw is None:
+            try:
+                metadata = parse_metadata(payload)
+            except SipReject as exc:
+                # A damaged part (cut short by a wrong Content-Length, bad XML) must not lose the
+                # recording: the audio streams are recorded with fallback speaker names and the
+                # damaged text is kept on the call for whoever needs to map them later.
+                note = f"damaged rs-metadata ({exc.reason}): streams named by order"
+                raw = payload[:MAX_KEPT_METADATA].decode("utf-8", "replace")
         elif "xml" in ptype and metadata is None and note is None:
             note = f"ignored body part of type {ptype!r}: not rs-metadata"
     if sdp_text is None:
         raise SipReject(415, "multipart body without an application/sdp part", {"Accept": "application/sdp, multipart/mixed"})
-    return InviteBody(sdp=parse_sdp(sdp_text), sdp_text=sdp_text, metadata=metadata, metadata_note=note, parts=seen)
+    return InviteBody(sdp=parse_sdp(sdp_text), sdp_text=sdp_text, metadata=metadata, metadata_note=note, parts=seen,
+                      metadata_raw=raw)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -70,6 +71,7 @@ class _Tcp(asyncio.Protocol):
         self.buf = bytearray()
         self.transport = None
         self.flow: Flow | None = None
+        self.last_activity = time.monotonic()
 
     def connection_made(self, transport):
         self.transport = transport
@@ -86,6 +88,7 @@ class _Tcp(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
         self.buf += data
         while True:
             # Leading CRLFs between messages: a double CRLF is a keep-alive ping, answered with one CRLF.
@@ -168,6 +171,16 @@ class SipTransport:
         self._tls_server = await loop.create_server(lambda: _Tcp(self.handler, self._connections, "TLS"),
                                                     host, port, ssl=ctx, reuse_address=True)
         self.ports["tls"] = self._tls_server.sockets[0].getsockname()[1]
+
+    def close_idle(self, idle_s: float, keep) -> int:
+        """Close TCP/TLS connections silent for ``idle_s`` whose flow ``keep(flow)`` does not hold."""
+        now = time.monotonic()
+        closed = 0
+        for c in list(self._connections):
+            if c.transport is not None and now - c.last_activity > idle_s and not keep(c.flow):
+                c._close(f"idle for {now - c.last_activity:.0f} s without a dialog")
+                closed += 1
+        return closed
 
     async def close(self) -> None:
         if self._udp is not None:

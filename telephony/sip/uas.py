@@ -76,7 +76,8 @@ class Dialog:
 
 
 class App(Protocol):
-    def on_invite(self, req: SipRequest, flow: Flow) -> Answer: ...
+    async def on_invite(self, req: SipRequest, flow: Flow) -> Answer: ...
+    def on_cancelled(self, app_state) -> None: ...
     def on_reoffer(self, dialog: Dialog, req: SipRequest) -> Answer: ...
     def on_ack(self, dialog: Dialog, req: SipRequest) -> None: ...
     def on_terminated(self, dialog: Dialog, why: str) -> None: ...
@@ -121,15 +122,16 @@ class _Retransmit:
 
 @dataclass
 class _ServerTx:
-    response: bytes | None
+    response: bytes | None  # the last response sent: a retransmitted request gets it again
     flow: Flow
     created: float
-    retransmit: _Retransmit | None = None  # non-2xx final to INVITE over UDP, until the ACK
+    cancelled: bool = False  # an INVITE CANCELled while the app was still setting up its call
+    final: bool = False
 
 
 class UserAgentServer:
     def __init__(self, app: App, *, host: str, announce: str, user: str = "transcribe",
-                 session_expires: int = 1800, min_se: int = 90, admit_request=None):
+                 session_expires: int = 1800, min_se: int = 90, admit_request=None, tcp_idle_timeout: float = 120.0):
         self.app = app
         self.host = host
         self.announce = announce
@@ -137,6 +139,8 @@ class UserAgentServer:
         self.session_expires = session_expires
         self.min_se = min_se
         self.admit_request = admit_request  # (req, flow) -> None or raise SipReject: allow-list / rate limit
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self._invites: set[asyncio.Task] = set()
         self.transport = SipTransport(self._on_message)
         self.dialogs: dict[tuple, Dialog] = {}
         self._server_tx: dict[tuple, _ServerTx] = {}
@@ -160,9 +164,8 @@ class UserAgentServer:
             self._clear_timers(d)
         for tx in self._client_tx.values():
             tx.stop()
-        for tx in self._server_tx.values():
-            if tx.retransmit:
-                tx.retransmit.stop()
+        for task in list(self._invites):
+            task.cancel()
         await self.transport.close()
 
     async def _sweep(self) -> None:
@@ -171,9 +174,12 @@ class UserAgentServer:
             now = time.monotonic()
             for k, tx in list(self._server_tx.items()):
                 if now - tx.created > TX_LIFETIME:
-                    if tx.retransmit:
-                        tx.retransmit.stop()
                     del self._server_tx[k]
+            if self.tcp_idle_timeout > 0:
+                # Connections that carry no dialog and have been silent: closed (a client that opens
+                # connections and never finishes a request must not hold them for ever).
+                busy = {id(d.flow) for d in self.dialogs.values()}
+                self.transport.close_idle(self.tcp_idle_timeout, keep=lambda flow: id(flow) in busy)
 
     # -- receiving ---------------------------------------------------------
     def _on_message(self, data: bytes, flow: Flow, stream: bool) -> None:
@@ -231,7 +237,7 @@ class UserAgentServer:
             self._on_ack(req, key)
             return
         tx = self._server_tx.get(key)
-        if tx is not None:  # a retransmission: repeat our answer
+        if tx is not None:  # a retransmission: repeat our last answer (once per copy: no amplification)
             if tx.response is not None:
                 tx.flow.send(tx.response)
             return
@@ -275,7 +281,29 @@ class UserAgentServer:
         se = self._session_expires(req)
         # RFC 2543 INVITEs may lack Contact: then the From URI is the remote target.
         contact = parse_name_addr((req.values("contact") or [None])[0]) or parse_name_addr(req.get("from"))
-        answer = self.app.on_invite(req, flow)
+        # 100 Trying at once: the caller stops retransmitting while the app sets the call up
+        # (the call is journalled before we answer it).
+        self._respond(req, flow, 100, "Trying")
+        task = asyncio.get_running_loop().create_task(self._answer_invite(req, flow, se, contact),
+                                                      name=f"invite-{req.call_id[:32]}")
+        self._invites.add(task)
+        task.add_done_callback(self._invites.discard)
+
+    async def _answer_invite(self, req: SipRequest, flow: Flow, se: int | None, contact) -> None:
+        try:
+            answer = await self.app.on_invite(req, flow)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("error handling INVITE from %s; answering 500", flow.remote)
+            answer = Answer(500, "Server Internal Error")
+        tx = self._server_tx.get(_tx_key(req))
+        if tx is not None and tx.cancelled:
+            if answer.status < 300 and answer.app is not None:
+                self.app.on_cancelled(answer.app)
+            self._respond(req, flow, 487, "Request Terminated")
+            return
         if answer.status >= 300:
             self._respond(req, flow, answer.status, answer.reason, extra=answer.headers)
             return
@@ -290,7 +318,8 @@ class UserAgentServer:
         data = response_for(req, answer.status, answer.reason or "OK", to_tag=local_tag, extra=extra,
                             body=answer.sdp or b"", content_type="application/sdp" if answer.sdp else None,
                             source=flow.remote)
-        self._server_tx[_tx_key(req)].response = data
+        tx = self._server_tx.setdefault(_tx_key(req), _ServerTx(None, flow, time.monotonic()))
+        tx.response, tx.final = data, True
         d._pending_2xx = _Retransmit(flow, data, on_timeout=lambda: self._ack_timeout(d))
         self._arm_session_timer(d)
 
@@ -323,10 +352,6 @@ class UserAgentServer:
         return f"<sip:{self.user}@{host}:{port}{tp}>"
 
     def _on_ack(self, req: SipRequest, key) -> None:
-        tx = self._server_tx.get(key)
-        if tx is not None and tx.retransmit is not None:  # ACK of a non-2xx final (same transaction)
-            tx.retransmit.stop()
-            return
         d = self.dialogs.get((req.call_id, req.to_tag, req.from_tag)) if req.to_tag else None
         if d is None:
             return
@@ -341,11 +366,14 @@ class UserAgentServer:
                 log.exception("ACK handling failed for %s", d.call_id)
 
     def _on_cancel(self, req: SipRequest, flow: Flow) -> None:
-        # We answer every INVITE at once, so a CANCEL always finds it answered: 200, no effect (RFC 3261 9.2).
-        invite_key = _tx_key(req, method="INVITE")
-        if invite_key not in self._server_tx:
+        # RFC 3261 9.2: 200 to the CANCEL; an INVITE still being set up then gets 487 (and its call
+        # ends before it began); one already answered is unaffected.
+        invite = self._server_tx.get(_tx_key(req, method="INVITE"))
+        if invite is None:
             self._respond(req, flow, 481, "Call/Transaction Does Not Exist")
             return
+        if not invite.final:
+            invite.cancelled = True
         self._respond(req, flow, 200, "OK")
 
     def _ack_timeout(self, d: Dialog) -> None:
@@ -372,7 +400,8 @@ class UserAgentServer:
             extra = (self._dialog_headers(d, req) if answer.status < 300 else []) + answer.headers
             data = response_for(req, answer.status, answer.reason or "OK", extra=extra, body=answer.sdp or b"",
                                 content_type="application/sdp" if answer.sdp else None, source=flow.remote)
-            self._server_tx[_tx_key(req)].response = data
+            tx = self._server_tx[_tx_key(req)]
+            tx.response, tx.final = data, True
             if m == "INVITE" and answer.status < 300:
                 if d._pending_2xx is not None:
                     d._pending_2xx.stop()
@@ -446,19 +475,20 @@ class UserAgentServer:
 
     def _respond(self, req: SipRequest, flow: Flow, status: int, reason: str,
                  extra: list[tuple[str, str]] | None = None) -> None:
+        """Send a response once. Non-2xx finals are not retransmitted on a timer (RFC 3261 timer G):
+        a caller that misses one retransmits its request and gets the same response again, one for
+        one, so a spoofed source cannot turn us into an amplifier."""
         if req.method == "ACK":
             return
-        data = response_for(req, status, reason, to_tag=None if req.to_tag else uuid.uuid4().hex[:10],
-                            extra=extra, source=flow.remote)
+        to_tag = None if req.to_tag or status == 100 else uuid.uuid4().hex[:10]
+        data = response_for(req, status, reason, to_tag=to_tag, extra=extra, source=flow.remote)
         key = _tx_key(req)
         tx = self._server_tx.get(key)
         if tx is None:
             tx = self._server_tx[key] = _ServerTx(None, flow, time.monotonic())
         tx.response = data
-        if req.method == "INVITE" and status >= 300 and flow.transport == "UDP":
-            tx.retransmit = _Retransmit(flow, data)  # until the ACK (timer G/H)
-        else:
-            flow.send(data)
+        tx.final = tx.final or status >= 200
+        flow.send(data)
 
 
 def _tx_key(req: SipRequest, method: str | None = None) -> tuple:

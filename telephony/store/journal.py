@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -63,6 +64,11 @@ class Journal:
                 "CREATE TABLE IF NOT EXISTS rejected ("
                 " seq INTEGER PRIMARY KEY, body TEXT NOT NULL, error TEXT NOT NULL, rejected REAL NOT NULL)"
             )
+            # The instance this journal belongs to: calls carry it, so a restart closes only the
+            # calls its own crashed run left open.
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance_id', ?)", (str(uuid.uuid4()),))
+            self.instance_id = self._db.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()[0]
         except sqlite3.Error as exc:
             self._release()
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None

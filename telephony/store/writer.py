@@ -29,15 +29,25 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from telephony.records import CallEnd, CallRecord, LegEnd, LegRecord, Record, UtteranceRecord, to_json
+from telephony.records import (
+    CallEnd,
+    CallRecord,
+    InstanceRecovered,
+    LegEnd,
+    LegEvent,
+    LegRecord,
+    Record,
+    UtteranceRecord,
+    to_json,
+)
 
 from .database import async_url
 from .journal import Journal
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("sip", "siprec", "webrtc", "file")
-END_STATUSES = ("completed", "failed", "rejected")
+SOURCES = ("sip", "siprec", "webrtc", "file", "twilio", "stream", "audiosocket", "listen")
+END_STATUSES = ("completed", "failed", "rejected", "interrupted")
 # LegEnd.stats key -> legs column (the whole dict also goes to legs.stats).
 STAT_COLUMNS = {
     "received": "packets_received",
@@ -46,6 +56,7 @@ STAT_COLUMNS = {
     "duplicate": "packets_duplicate",
     "reordered": "packets_reordered",
     "malformed": "packets_malformed",
+    "foreign": "packets_foreign",
     "silence_ms": "silence_ms",
     "jitter_ms": "jitter_ms",
 }
@@ -63,8 +74,9 @@ class WriterClosed(RuntimeError):
 
 SQL = {
     CallRecord: text(
-        "INSERT INTO calls (id, source, external_id, from_uri, to_uri, remote_addr, meta, started_at)"
-        " VALUES (:id, :source, :external_id, :from_uri, :to_uri, :remote_addr, CAST(:meta AS jsonb), :started_at)"
+        "INSERT INTO calls (id, source, external_id, from_uri, to_uri, remote_addr, meta, started_at, instance_id, run_id)"
+        " VALUES (:id, :source, :external_id, :from_uri, :to_uri, :remote_addr, CAST(:meta AS jsonb), :started_at,"
+        " CAST(:instance_id AS uuid), CAST(:run_id AS uuid))"
         # Submitted again when an endpoint learns more about the call (SIPREC metadata in a re-INVITE).
         " ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, from_uri = EXCLUDED.from_uri, to_uri = EXCLUDED.to_uri"
     ),
@@ -73,8 +85,8 @@ SQL = {
     # the leg and the finals it already has take the new name.
     LegRecord: text(
         "WITH leg AS ("
-        " INSERT INTO legs (id, call_id, ordinal, speaker, role, codec, started_ms, meta)"
-        " VALUES (:id, :call_id, :ordinal, :speaker, :role, :codec, :started_ms, CAST(:meta AS jsonb))"
+        " INSERT INTO legs (id, call_id, ordinal, speaker, role, codec, started_ms, meta, sample_rate)"
+        " VALUES (:id, :call_id, :ordinal, :speaker, :role, :codec, :started_ms, CAST(:meta AS jsonb), :sample_rate)"
         " ON CONFLICT (id) DO UPDATE SET speaker = EXCLUDED.speaker, role = EXCLUDED.role, meta = EXCLUDED.meta"
         " RETURNING id, speaker)"
         " UPDATE utterances u SET speaker = leg.speaker FROM leg WHERE u.leg_id = leg.id AND u.speaker <> leg.speaker"
@@ -90,9 +102,37 @@ SQL = {
         " WHERE id = :leg_id"
     ),
     UtteranceRecord: text(
-        "INSERT INTO utterances (id, call_id, leg_id, speaker, seq, start_ms, end_ms, text, confidence)"
-        " VALUES (:id, :call_id, :leg_id, :speaker, :seq, :start_ms, :end_ms, :text, :confidence)"
+        "INSERT INTO utterances (id, call_id, leg_id, speaker, seq, start_ms, end_ms, text, confidence,"
+        " engine, request_id, latency_ms)"
+        " VALUES (:id, :call_id, :leg_id, :speaker, :seq, :start_ms, :end_ms, :text, :confidence,"
+        " :engine, :request_id, :latency_ms)"
         " ON CONFLICT DO NOTHING"
+    ),
+    LegEvent: text(
+        "INSERT INTO events (id, call_id, leg_id, kind, at_ms, duration_ms, value)"
+        " VALUES (:id, :call_id, :leg_id, :kind, :at_ms, :duration_ms, :value) ON CONFLICT DO NOTHING"
+    ),
+    # Calls a crashed run left open: closed with what is known (their stored finals), status
+    # 'interrupted'. Only this instance's calls: others sharing the database are untouched.
+    InstanceRecovered: text(
+        "WITH stale AS ("
+        " SELECT id, started_at FROM calls WHERE instance_id = CAST(:instance_id AS uuid)"
+        " AND run_id IS DISTINCT FROM CAST(:run_id AS uuid) AND ended_at IS NULL),"
+        " leg_end AS ("
+        " SELECT l.id, s.started_at, l.started_ms,"
+        " greatest(0, coalesce(max(u.end_ms), l.started_ms) - l.started_ms) AS duration_ms"
+        " FROM legs l JOIN stale s ON s.id = l.call_id LEFT JOIN utterances u ON u.leg_id = l.id"
+        " WHERE l.ended_at IS NULL GROUP BY l.id, s.started_at, l.started_ms),"
+        " closed_legs AS ("
+        " UPDATE legs SET duration_ms = e.duration_ms,"
+        " ended_at = e.started_at + (e.started_ms + e.duration_ms) * interval '1 millisecond',"
+        " stats = coalesce(legs.stats, '{}'::jsonb) || '{\"interrupted\": true}'::jsonb"
+        " FROM leg_end e WHERE legs.id = e.id RETURNING legs.id)"
+        " UPDATE calls c SET status = 'interrupted',"
+        " ended_at = s.started_at + coalesce((SELECT max(u.end_ms) FROM utterances u WHERE u.call_id = c.id), 0)"
+        " * interval '1 millisecond',"
+        " meta = c.meta || '{\"end_reason\": \"the service stopped without ending the call\"}'::jsonb"
+        " FROM stale s WHERE c.id = s.id"
     ),
 }
 
@@ -120,11 +160,10 @@ def _number(value: Any, kind: type) -> int | float | None:
 
 def params(record: Record) -> dict[str, Any]:
     """The bind parameters of a record's statement."""
-    if isinstance(record, (CallRecord, LegRecord, UtteranceRecord)):
+    if isinstance(record, (CallRecord, LegRecord, UtteranceRecord, LegEvent, InstanceRecovered)):
         out = {k: _clean(v) for k, v in to_json(record)["data"].items()}
         if isinstance(record, CallRecord):
             out["started_at"] = record.started_at
-        out.pop("audio_end_monotonic", None)
         if "meta" in out:
             out["meta"] = _json(record.meta)
         return out
@@ -156,9 +195,11 @@ def validate(record: Record) -> Record:
     if kind not in SQL:
         raise TypeError(f"cannot store a {kind.__name__}; expected one of {', '.join(c.__name__ for c in SQL)}")
     name = kind.__name__
-    for field in ("id", "call_id", "leg_id"):
+    for field in ("id", "call_id", "leg_id", "instance_id", "run_id"):
         if hasattr(record, field):
             value = getattr(record, field)
+            if value is None and field in ("instance_id", "run_id"):
+                continue
             try:
                 uuid.UUID(str(value))
             except ValueError:
@@ -174,7 +215,7 @@ def validate(record: Record) -> Record:
         raise ValueError(f"CallRecord.source must be one of {', '.join(SOURCES)}; got {record.source!r}")
     if isinstance(record, CallEnd) and record.status not in END_STATUSES:
         raise ValueError(f"CallEnd.status must be one of {', '.join(END_STATUSES)}; got {record.status!r}")
-    for field in ("seq", "start_ms", "end_ms", "ordinal", "started_ms", "duration_ms"):
+    for field in ("seq", "start_ms", "end_ms", "ordinal", "started_ms", "duration_ms", "at_ms"):
         if hasattr(record, field):
             value = getattr(record, field)
             if isinstance(value, float) and math.isfinite(value):
@@ -320,16 +361,25 @@ class RecordWriter:
 
     # -- intake -----------------------------------------------------------------
 
-    async def submit(self, record: Record) -> int:
-        """Accept a record; returns its journal sequence number once it is durable on local disk."""
+    def enqueue(self, record: Record) -> asyncio.Future:
+        """Accept a record now (the journal order is the order of these calls); the future gives
+        its journal sequence number once it is durable on local disk. Raises for a bad record."""
         if not self._accepting:
             raise WriterClosed("the record writer is not running (not started, or closed)")
         validate(record)
         future = asyncio.get_running_loop().create_future()
-        # Queued synchronously, so the journal order is the order submit() was called in.
         self._to_journal.append((record, future))
         self._journal_wake.set()
-        return await future
+        return future
+
+    async def submit(self, record: Record) -> int:
+        """Accept a record; returns its journal sequence number once it is durable on local disk."""
+        return await self.enqueue(record)
+
+    @property
+    def queued(self) -> int:
+        """Records accepted but not yet durable (waiting for the next group fsync)."""
+        return len(self._to_journal)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is committed (or rejected); False on timeout."""

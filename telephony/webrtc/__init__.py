@@ -4,8 +4,8 @@
     gateway.py     admission (limits, shutdown), the live sessions
     offer.py       offer checks with clear errors, speaker labels per track
     session.py     one peer connection = one call; its end paths
-    tap.py         RTP packets of a track → LiveLeg.push_rtp (our jitter buffer, not aiortc's)
-    opus.py        Opus-only peers: each packet decoded into a PCMU leg (G.711 is always preferred)
+    tap.py         RTP packets of a track → the leg's jitter buffer (ours, not aiortc's)
+    aiortc_hooks.py every use of aiortc's and aioice's private parts, in one place
     ice.py         host addresses, remote candidate filter, ICE servers
 """
 

@@ -2,8 +2,7 @@
 
 aioice gathers host candidates from every interface except loopback, with no
 option to choose; ``restrict_host_addresses`` replaces its address discovery
-(process-wide: this service is aioice's only user in its process) with the
-configured list. Remote candidates outside ``remote_networks`` are removed
+with the configured list (see ``aiortc_hooks.py``). Remote candidates outside ``remote_networks`` are removed
 from an offer's text before aiortc sees it, so an offer cannot make us send
 connectivity checks anywhere else (and mDNS ``.local`` names, which would need
 multicast lookups, are dropped whenever a network list is set).
@@ -14,27 +13,17 @@ from __future__ import annotations
 import ipaddress
 import re
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
 from ..config import WebRtcSettings
-
-_original_get_host_addresses = aioice.ice.get_host_addresses
+from .aiortc_hooks import set_host_addresses
 
 
 def restrict_host_addresses(addresses: list[str]) -> None:
     """Host candidates use exactly these addresses (an empty list restores aioice's discovery)."""
     for a in addresses:
         ipaddress.ip_address(a)  # fail at start-up, not at the first offer
-    if not addresses:
-        aioice.ice.get_host_addresses = _original_get_host_addresses
-        return
-    chosen = list(addresses)
-
-    def configured(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (use_ipv4 if ipaddress.ip_address(a).version == 4 else use_ipv6)]
-
-    aioice.ice.get_host_addresses = configured
+    set_host_addresses(addresses)
 
 
 def rtc_configuration(settings: WebRtcSettings) -> RTCConfiguration:

@@ -17,12 +17,24 @@ import time
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidStateError, OperationError
 
+from ..media.codecs import Codec, lookup
 from ..records import CallRecord, new_id, utcnow
 from .offer import Offer, OfferError, OfferNotAcceptable, TrackLabel
 from ..config import WebRtcSettings
+from .aiortc_hooks import negotiated_codecs
 from .tap import RtpTap
 
 log = logging.getLogger(__name__)
+
+
+def _payload_types(codecs) -> dict[int, Codec]:
+    """aiortc's negotiated codecs as the leg's map: the audio codec first, then telephone-event."""
+    out: dict[int, Codec] = {}
+    for c in sorted(codecs, key=lambda c: c.mimeType.lower().endswith("telephone-event")):
+        codec = lookup(c.mimeType.split("/", 1)[-1], c.clockRate)
+        if codec is not None:
+            out[c.payloadType] = codec
+    return out
 
 
 def _capability(name: str):
@@ -94,12 +106,8 @@ class WebRtcSession:
         for section, label in zip(usable, labels):
             t = self._transceiver_for(section)
             meta = {"mid": section.mid, "track_id": section.track_id, "transport": "webrtc"}
-            codec = section.codec
-            if codec.lower() == "opus":  # see opus.py: transcoded into a G.711 leg
-                meta.update(negotiated_codec="opus", transcoded_to="PCMU")
-                codec = "PCMU"
-            leg = self.call.add_leg(speaker=label.speaker, role=label.role, codec=codec, meta=meta)
-            pts = {c.payloadType: c.name for c in t._codecs}
+            pts = _payload_types(negotiated_codecs(t))
+            leg = self.call.add_leg(speaker=label.speaker, role=label.role, payload_types=pts, meta=meta)
             self.taps.append(RtpTap(t.receiver, leg, pts))
         self.pc.on("connectionstatechange", self._on_state)
         self._watch_task = asyncio.create_task(self._watch(), name=f"webrtc-watch-{self.id}")

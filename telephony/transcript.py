@@ -1,0 +1,73 @@
+"""One leg's transcript: ASR events in, stored finals and live captions out.
+
+This is the one place where an ASR ``Final`` becomes an ``UtteranceRecord``
+(live calls and file transcription both use it), so numbering, speaker
+attribution and what is stored are decided once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from .asr import Final, Partial
+from .captions import Caption, CaptionBus
+from .records import LegRecord, Record, UtteranceRecord, new_id
+
+log = logging.getLogger(__name__)
+
+FinalHook = Callable[[UtteranceRecord, Final], None]
+
+
+class LegTranscript:
+    """``submit(record)`` hands records to storage, in order; ``bus`` gets captions (may be None).
+
+    ``on_final(record, final)`` (optional) sees each stored final with the engine's event,
+    e.g. for latency measurements, which never travel through the journal.
+    """
+
+    def __init__(self, call_id: str, leg: LegRecord, submit: Callable[[Record], object],
+                 bus: CaptionBus | None = None, on_final: FinalHook | None = None):
+        self.call_id = call_id
+        self.leg = leg
+        self._submit = submit
+        self.bus = bus
+        self.on_final = on_final
+        self.seq = 0  # finals stored so far: (leg_id, seq) is unique
+        self.engines: set[str] = set()
+
+    async def consume(self, session) -> None:
+        """Store every Final and publish every Partial until the session's events end."""
+        async for ev in session.events():
+            if isinstance(ev, Final):
+                self.final(ev)
+            elif isinstance(ev, Partial):
+                self.partial(ev)
+
+    def partial(self, ev: Partial) -> None:
+        if self.bus is not None:
+            self.bus.publish(Caption("partial", self.call_id, self.leg.id, self.leg.speaker, ev.text,
+                                     ev.start_ms, ev.end_ms))
+
+    def final(self, ev: Final) -> UtteranceRecord:
+        latency_ms = None
+        if ev.audio_end_monotonic is not None:
+            latency_ms = max(0, round((time.monotonic() - ev.audio_end_monotonic) * 1000))
+        rec = UtteranceRecord(id=new_id(), call_id=self.call_id, leg_id=self.leg.id, speaker=self.leg.speaker,
+                              seq=self.seq, start_ms=ev.start_ms, end_ms=ev.end_ms, text=ev.text,
+                              confidence=ev.confidence, engine=ev.engine, request_id=ev.request_id,
+                              latency_ms=latency_ms)
+        self.seq += 1
+        if ev.engine:
+            self.engines.add(ev.engine)
+        self._submit(rec)
+        if self.bus is not None:
+            self.bus.publish(Caption("final", self.call_id, self.leg.id, self.leg.speaker, ev.text,
+                                     ev.start_ms, ev.end_ms, ev.confidence, rec.seq))
+        if self.on_final is not None:
+            try:
+                self.on_final(rec, ev)
+            except Exception:
+                log.exception("on_final hook failed")
+        return rec
