@@ -337,7 +337,13 @@ async def test_wer_through_each_codec():
     finally:
         engine.scheduler.close()
     table = {k: wer(refs, v) for k, v in hyps.items()}
-    print(f"\nWER over {len(refs)} prompts: " + ", ".join(f"{k} {v:.2%}" for k, v in table.items()))
+    base = hyps["PCMU 8 kHz"]
+    differ = {k: sum(a != b for a, b in zip(v, base)) for k, v in hyps.items()}
+    print(f"\nWER over {len(refs)} prompts: " + ", ".join(f"{k} {v:.2%} ({differ[k]} texts differ from μ-law)" for k, v in table.items()))
+    for k, v in hyps.items():
+        for ref, hyp in zip(refs, v):
+            if wer([ref], [hyp]) > 0:
+                print(f"  {k}: {ref!r} -> {hyp!r}")
     # The project's bar for telephone audio is 6 %; wideband must not be worse than μ-law by more
     # than decode noise (a few words in ~450).
     assert all(v <= 0.06 for v in table.values()), table

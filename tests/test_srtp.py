@@ -157,3 +157,116 @@ def test_negotiation_failure_says_why_for_each_line():
                             "not supported (we take AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32))")
     with pytest.raises(SdesError, match="without a=crypto"):
         negotiate([])
+
+
+# ---- a real SDES peer: baresip's srtp module calls us with mediaenc=srtp-mand
+
+
+def _sip_reply(request: str, status: str, extra: str = "", body: str = "") -> bytes:
+    """A response carrying the request's Via, From, To (tagged), Call-ID and CSeq."""
+    lines = request.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+    keep = [ln for ln in lines if ln.split(":", 1)[0].strip().lower() in ("via", "v", "from", "f", "call-id", "i", "cseq")]
+    to = next(ln for ln in lines if ln.split(":", 1)[0].strip().lower() in ("to", "t"))
+    if ";tag=" not in to:
+        to += ";tag=srtptest"
+    head = [f"SIP/2.0 {status}", *keep, to, *filter(None, extra.split("\r\n"))]
+    return ("\r\n".join(head + [f"Content-Length: {len(body)}", "", body])).encode()
+
+
+@pytest.mark.slow
+def test_baresip_srtp_call_is_unprotected_and_decoded(tmp_path):
+    import selectors
+    import socket
+    import subprocess
+    import textwrap
+    import time
+
+    import numpy as np
+
+    from telephony.media.codecs import CODECS
+
+    from .sip_peers import SOUNDS, _stop, free_port, require
+    from .speech import prompt_8k
+
+    require("baresip", "baresip-core")
+    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sip.bind(("127.0.0.1", 0))
+    media.bind(("127.0.0.1", 0))
+    rtp_base = free_port() & ~1
+    (tmp_path / "config").write_text(textwrap.dedent(f"""\
+        poll_method		epoll
+        sip_listen		127.0.0.1:{free_port()}
+        net_interface		127.0.0.1
+        audio_player		aufile,{tmp_path / 'heard.wav'}
+        audio_source		aufile,{SOUNDS / 'pls-hold-while-try.wav'}
+        audio_alert		aufile,{tmp_path / 'alert.wav'}
+        rtp_ports		{rtp_base}-{rtp_base + 40}
+        module_path		/usr/lib/baresip/modules
+        module			g711.so
+        module			aufile.so
+        module			srtp.so
+        module_app		account.so
+        module_app		menu.so
+        """))
+    (tmp_path / "accounts").write_text("<sip:baresip@127.0.0.1>;regint=0;audio_codecs=PCMU/8000;mediaenc=srtp-mand\n")
+    proc = subprocess.Popen(["baresip", "-f", str(tmp_path), "-e", f"/dial sip:srtp@127.0.0.1:{sip.getsockname()[1]}", "-t", "7"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sel = selectors.DefaultSelector()
+    sel.register(sip, selectors.EVENT_READ)
+    sel.register(media, selectors.EVENT_READ)
+    injector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    offer, receiver, answer, pcm, injected = None, None, None, [], False
+    decoder = CODECS["PCMU"].decoder()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready = sel.select(timeout=1)
+            for key, _ in ready:
+                data, addr = key.fileobj.recvfrom(65535)
+                if key.fileobj is media:
+                    plain = receiver.unprotect(data) if receiver else None
+                    if plain is not None:
+                        packet = parse_rtp(plain)
+                        pcm.append(decoder.decode(packet.payload))
+                        if receiver.received == 50 and not injected:  # plain RTP slipped into the stream
+                            forged = build_rtp(0, packet.sequence + 1000, packet.timestamp + 160_000, packet.ssrc, bytes(160))
+                            injector.sendto(forged, media.getsockname())
+                            injected = True
+                    continue
+                msg = data.decode(errors="replace")
+                method = msg.split(" ", 1)[0]
+                if method == "INVITE":
+                    offer = msg
+                    if receiver is None:
+                        crypto = [ln for ln in msg.split("\r\n") if ln.startswith("a=crypto:")]
+                        remote, ours = negotiate(crypto)
+                        receiver = SrtpReceiver(remote)
+                        port = media.getsockname()[1]
+                        body = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                                f"m=audio {port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{ours.sdp()}\r\na=recvonly\r\n")
+                        answer = _sip_reply(msg, "200 OK", f"Contact: <sip:srtp@127.0.0.1:{sip.getsockname()[1]}>\r\n"
+                                            "Content-Type: application/sdp", body)
+                    sip.sendto(answer, addr)
+                elif method == "BYE":
+                    sip.sendto(_sip_reply(msg, "200 OK"), addr)
+                    deadline = 0
+        proc.wait(10)
+    finally:
+        _stop(proc)
+        for sock in (sip, media, injector):
+            sock.close()
+    assert offer is not None, "baresip never sent its INVITE"
+    lines = [CryptoAttribute.parse(ln) for ln in offer.split("\r\n") if ln.startswith("a=crypto:")]
+    print("\nbaresip offered:", [f"{a.tag} {a.suite} lifetime={a.lifetime}" for a in lines])
+    assert {a.suite for a in lines} >= {"AES_CM_128_HMAC_SHA1_80"} and "RTP/SAVP" in offer
+    assert receiver.received > 100 and receiver.replayed == 0
+    assert injected and receiver.auth_failed == 1  # the forged plain packet, and nothing of baresip's
+    heard = np.frombuffer(b"".join(pcm), "<i2").astype(float)
+    sent = prompt_8k("pls-hold-while-try").astype(float)
+    # Where the prompt sits in what we heard (baresip starts it when the call is up): FFT cross-correlation.
+    n = len(heard) + len(sent)
+    xc = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(sent, n)), n)
+    lag = int(np.argmax(xc[: len(heard)]))
+    seg = heard[lag:lag + len(sent)]
+    assert len(seg) > 8000 and np.corrcoef(seg, sent[: len(seg)])[0, 1] > 0.95
