@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   asterisk-core-sounds-en-wav asterisk-core-sounds-en  # real speech with published transcripts
+  asterisk-core-sounds-en-g722                         # the same prompts as 16 kHz G.722 (wideband codec tests)
   sox                                                  # audio fixtures (μ-law WAV)
   baresip-core linphone-cli kamailio openssl           # independent SIP peers, a SIP proxy, TLS test certificates
   chromium                                             # real browser for the WebRTC softphone tests

@@ -244,6 +244,8 @@ class _OpusDecoder(Decoder):
     def conceal(self, samples: int, next_payload: bytes | None = None) -> bytes:
         """Loss concealment for a gap of ``samples``; with the packet after the gap, its FEC.
 
+        The packet after the gap is only read for its FEC data: decode() it afterwards as usual.
+
         libopus takes durations in whole 2.5 ms steps: any remainder is silence, and so is
         anything past 120 ms (libopus fades to silence by then; a longer gap is a pause).
         """
