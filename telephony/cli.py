@@ -27,7 +27,7 @@ class CliError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .asr.models import ModelError
     from .formats import FormatError
-    from .media.g711 import CodecError
+    from .media.codecs import CodecError
     from .ingest import IngestError
     from .store.database import DatabaseError
     from .store.journal import JournalError

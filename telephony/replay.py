@@ -16,7 +16,7 @@ import numpy as np
 from .calls import CallManager
 from .captions import CaptionBus
 from .config import Settings
-from .media.g711 import encode
+from .media.codecs import CODECS, Codec
 from .ingest import PcmLegInput, RtpLegInput, load_call
 from .records import CallRecord, new_id, utcnow
 from .media.resample import Resampler
@@ -24,17 +24,17 @@ from .media.rtp import build_rtp
 from .runtime import Runtime
 
 
-def packetize(leg: PcmLegInput, ssrc: int = 0x5EED) -> list[tuple[float, bytes]]:
-    """A PCM leg as (send time, PCMU RTP datagram) every 20 ms."""
+def packetize(leg: PcmLegInput, ssrc: int = 0x5EED) -> tuple[Codec, list[tuple[float, bytes]]]:
+    """A PCM leg as RTP every 20 ms: PCMU for telephone-band audio, G.722 for 16 kHz (kept wideband)."""
+    codec = CODECS["PCMU"] if leg.rate == 8000 else CODECS["G722"]
     samples = leg.samples
-    if leg.rate != 8000:
-        samples = (np.clip(Resampler(leg.rate, 8000).process(samples, last=True), -1, 1) * 32767).astype(np.int16)
-    ulaw = encode(samples.astype("<i2").tobytes(), "PCMU")
-    out = []
+    if leg.rate != codec.rate:
+        samples = (np.clip(Resampler(leg.rate, codec.rate).process(samples, last=True), -1, 1) * 32767).astype(np.int16)
+    step = codec.clock_rate // 50
     offset = leg.start_ms / 1000
-    for n, i in enumerate(range(0, len(ulaw), 160)):
-        out.append((offset + n * 0.02, build_rtp(0, n, n * 160, ssrc, ulaw[i:i + 160], marker=n == 0)))
-    return out
+    payloads = codec.packetize(samples.astype("<i2").tobytes())
+    return codec, [(offset + n * 0.02, build_rtp(codec.static_pt, n, n * step, ssrc, p, marker=n == 0))
+                   for n, p in enumerate(payloads)]
 
 
 async def replay_file(path: str, settings: Settings, speed: float = 1.0, out=sys.stdout) -> str:
@@ -50,7 +50,8 @@ async def replay_file(path: str, settings: Settings, speed: float = 1.0, out=sys
             if isinstance(leg_in, RtpLegInput):
                 legs.append((call.add_leg(speaker=leg_in.label, codec=leg_in.codec, meta=leg_in.meta), leg_in.packets))
             else:
-                legs.append((call.add_leg(speaker=leg_in.label, codec="PCMU"), packetize(leg_in)))
+                codec, packets = packetize(leg_in)
+                legs.append((call.add_leg(speaker=leg_in.label, codec=codec), packets))
 
         async def send(leg, packets):
             t0 = time.monotonic()

@@ -198,7 +198,7 @@ def fresh_database_url(_scratch_database) -> str:
             # Connections a failed test left behind could hold locks TRUNCATE waits for.
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                         " WHERE datname = current_database() AND pid <> pg_backend_pid()")
-            cur.execute("TRUNCATE calls, legs, utterances")
+            cur.execute("TRUNCATE calls CASCADE")  # and every table that refers to calls
     finally:
         conn.close()
     return _scratch_database

@@ -8,14 +8,15 @@ import time
 
 import numpy as np
 
-from telephony.media.g711 import encode
+from telephony.media.codecs import CODECS
 from telephony.media.rtp import build_rtp
 
 
 def packets(pcm8k: np.ndarray, ssrc: int = 0x1234, seq0: int = 0, ts0: int = 0, codec: str = "PCMU") -> list[bytes]:
-    data = encode(pcm8k.astype("<i2").tobytes(), codec)
-    pt = 0 if codec == "PCMU" else 8
-    return [build_rtp(pt, seq0 + n, ts0 + n * 160, ssrc, data[i:i + 160]) for n, i in enumerate(range(0, len(data) - 159, 160))]
+    c = CODECS[codec]
+    whole = pcm8k[: len(pcm8k) - len(pcm8k) % 160]
+    payloads = c.packetize(whole.astype("<i2").tobytes())
+    return [build_rtp(c.static_pt, seq0 + n, ts0 + n * 160, ssrc, p) for n, p in enumerate(payloads)]
 
 
 def impair(datagrams: list[bytes], *, loss: float = 0.0, jitter_s: float = 0.0, seed: int = 1):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from telephony.bench.accuracy import SOUNDS, asterisk_prompts
-from telephony.media.g711 import decoder, encode
+from telephony.media.codecs import CODECS
 from telephony.media.resample import Resampler
 
 
@@ -20,7 +20,10 @@ def prompt_8k(name: str) -> np.ndarray:
 
 def telephone(pcm8k: np.ndarray) -> np.ndarray:
     """What survives a G.711 μ-law call leg."""
-    return np.frombuffer(decoder("PCMU")(encode(pcm8k.astype("<i2").tobytes(), "PCMU")), dtype="<i2").copy()
+    codec = CODECS["PCMU"]
+    dec = codec.decoder()
+    pcm = b"".join(dec.decode(p) for p in codec.packetize(pcm8k.astype("<i2").tobytes()))
+    return np.frombuffer(pcm, dtype="<i2")[: len(pcm8k)].copy()
 
 
 def to_16k(pcm8k: np.ndarray) -> np.ndarray:

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from telephony.accuracy import SOUNDS, asterisk_prompts, wer
+from telephony.bench.accuracy import SOUNDS, asterisk_prompts, wer
 from telephony.media import codecs
 from telephony.media.audio import AudioFrame
 from telephony.media.codecs import CODECS, CodecError, lookup, opus_samples, static
-from telephony.resample import Resampler
+from telephony.media.resample import Resampler
 
 from .speech import prompt_8k
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telephony.media.dtmf import DtmfEvent, DtmfReceiver
-from telephony.rtp import RtpError, RtpPacket, parse_rtp
+from telephony.media.rtp import RtpError, RtpPacket, parse_rtp
 
-# Beside the repository (CI lays shared/ there), else where the project's machines keep it.
-TESTDATA = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "testdata", Path("/work/shared/testdata")) if p.is_dir()), None)
+from .testdata import vector
+
 
 
 def block(code: int, duration: int, end: bool = False, volume: int = 10) -> bytes:
@@ -149,11 +149,7 @@ def test_any_packet_sequence_gives_events_never_an_exception(packets):
 
 
 def test_real_capture_keypad_sequence():
-    if TESTDATA is None:
-        pytest.fail("shared test data not found: expected ../shared/testdata beside the repository (or /work/shared/testdata)")
-    path = TESTDATA / "pcaps" / "wireshark_SIP_DTMF2.pcap"
-    if not path.is_file():
-        pytest.fail(f"{path} missing: the shared test data is incomplete")
+    path = vector("pcaps", "wireshark_SIP_DTMF2.pcap")
     rx, events = DtmfReceiver(), []
     with path.open("rb") as f:
         for _ts, frame in dpkt.pcap.Reader(f):

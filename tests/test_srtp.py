@@ -8,7 +8,7 @@ import pytest
 from pylibsrtp import Policy, Session
 
 from telephony.media.srtp import SUITES, CryptoAttribute, SdesError, SrtpReceiver, is_rtcp, negotiate
-from telephony.rtp import build_rtp, parse_rtp
+from telephony.media.rtp import build_rtp, parse_rtp
 
 # RFC 4568 section 4's example (with MKI 1 of 4 bytes, which we refuse) and keys shaped like it.
 RFC4568_EXAMPLE = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:4"

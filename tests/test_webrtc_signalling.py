@@ -59,7 +59,8 @@ async def test_real_offer_is_answered_then_deleted(service, name):
     assert location == f"/webrtc/sessions/{r.headers['X-Session-Id']}"
     audio = [m for m in answer.media if m.kind == "audio"]
     assert len(audio) == 1 and audio[0].direction == "recvonly"
-    assert [c.name for c in audio[0].rtp.codecs] == (["PCMA"] if "freeswitch" in name else ["PCMU"])
+    # Wideband first: Opus (decoded at 16 kHz) whenever a browser offers it.
+    assert [c.name for c in audio[0].rtp.codecs] == (["PCMA"] if "freeswitch" in name else ["opus"])
     assert all(m.direction == "inactive" for m in answer.media if m.kind == "video")
     hosts = {c.ip for m in answer.media for c in m.ice_candidates}
     assert hosts == {"127.0.0.1"}  # loopback only: no other interface, no STUN
@@ -90,7 +91,7 @@ async def test_json_offer_with_labels(service):
         assert r.status == 201
         ans = await r.json()
     assert ans["type"] == "answer" and ans["sdp"].startswith("v=0")
-    assert ans["tracks"][0]["speaker"] == "Alice" and ans["tracks"][0]["codec"] == "PCMU"
+    assert ans["tracks"][0]["speaker"] == "Alice" and ans["tracks"][0]["codec"] == "opus"
     assert ans["captions"] == f"/api/calls/{ans['call_id']}/captions"
     live = service.manager.calls()[0]
     assert live.legs[0].record.role == "agent" and live.legs[0].record.meta["mid"] == "sdparta_0"

@@ -33,11 +33,12 @@ def _pcm8k(path) -> np.ndarray:
 
 
 def _rtp_stream(pcm8k: np.ndarray, ssrc: int = 0xBE7C4) -> list[bytes]:
-    from ..media.g711 import encode
+    from ..media.codecs import CODECS
     from ..media.rtp import build_rtp
 
-    ulaw = encode(pcm8k.astype("<i2").tobytes(), "PCMU")
-    return [build_rtp(0, n, n * 160, ssrc, ulaw[i:i + 160]) for n, i in enumerate(range(0, len(ulaw) - 159, 160))]
+    usable = len(pcm8k) - len(pcm8k) % 160
+    payloads = CODECS["PCMU"].packetize(pcm8k[:usable].astype("<i2").tobytes())
+    return [build_rtp(0, n, n * 160, ssrc, p) for n, p in enumerate(payloads)]
 
 
 # -- pipeline ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from av.packet import Packet
 
-from ..media.g711 import encode
+from ..media.codecs import CODECS
 
 from ..webrtc.ice import restrict_host_addresses
 
@@ -47,7 +47,8 @@ class PcmTrack(MediaStreamTrack):
         pad = (-len(pcm)) % FRAME
         self._pcm = np.concatenate([pcm, np.zeros(pad, np.int16)])
         # G.711 leaves pre-encoded; other codecs (Opus) get frames for aiortc's encoder.
-        self._coded = encode(self._pcm.astype("<i2").tobytes(), codec) if codec in ("PCMU", "PCMA") else None
+        self._coded = (b"".join(CODECS[codec].packetize(self._pcm.astype("<i2").tobytes()))
+                       if codec in ("PCMU", "PCMA") else None)
         self._n = 0
         self._t0: float | None = None
         self.first_frame_at: float | None = None  # monotonic time the first frame left

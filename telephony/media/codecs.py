@@ -71,6 +71,15 @@ class Codec:
             raise CodecError(f"{self.name} is not audio we encode")
         return impl(self, ptime_ms)
 
+    def packetize(self, pcm16: bytes, ptime_ms: int = 20) -> list[bytes]:
+        """A whole signal (16-bit PCM at ``self.rate``) as RTP payloads of ``ptime_ms``, the last
+        one padded with silence (replays, load generators and test senders)."""
+        enc = self.encoder(ptime_ms)
+        step = 2 * enc.frame_samples
+        if len(pcm16) % step:
+            pcm16 = pcm16 + bytes(step - len(pcm16) % step)
+        return [enc.encode(pcm16[i:i + step]) for i in range(0, len(pcm16), step)]
+
     def samples(self, payload: bytes) -> int:
         """Audio samples (at ``self.rate``) the payload holds; 0 for a malformed Opus packet."""
         if not self.audio:
