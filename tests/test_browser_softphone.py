@@ -89,7 +89,7 @@ async def test_two_speaker_call_from_the_demo_page(tmp_path, fresh_database_url,
                                    {"id": call_id})).mappings().all()
     assert tuple(call) == ("webrtc", "completed")
     assert sorted(leg["speaker"] for leg in legs) == ["agent", "caller"]
-    assert {leg["codec"] for leg in legs} == {"PCMU"} and all(leg["packets_received"] > 100 for leg in legs)
+    assert {leg["codec"] for leg in legs} == {"opus"} and all(leg["packets_received"] > 100 for leg in legs)
     said = {s: " ".join(u["text"] for u in utts if u["speaker"] == s) for s in ("agent", "caller")}
     assert wer([prompt_text(AGENT_PROMPT)], [said["agent"]]) <= MAX_WER, said
     assert wer([prompt_text(CALLER_PROMPT)], [said["caller"]]) <= MAX_WER, said

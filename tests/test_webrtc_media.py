@@ -146,7 +146,7 @@ async def test_service_shutdown_ends_open_sessions_and_keeps_their_calls(tmp_pat
 
 @pytest.mark.slow
 async def test_opus_only_peer_is_transcribed(tmp_path, fresh_database_url, db_engine):
-    """A peer that offers only Opus: accepted, transcoded into a G.711 leg, loss still counted per packet."""
+    """A peer that offers only Opus: decoded at 16 kHz (wideband), loss still counted per packet."""
     pcm = np.concatenate([prompt_8k("pls-hold-while-try"), silence(1.2)])
     loss = WireLoss(lambda track, n: n % 20 == 7)
     async with Service(local_settings(tmp_path, fresh_database_url, asr="whisper")) as svc:
@@ -158,8 +158,11 @@ async def test_opus_only_peer_is_transcribed(tmp_path, fresh_database_url, db_en
             await client.hang_up(http)
     got = await stored(db_engine, client.call_id)
     leg = got["legs"][0]
-    assert leg["meta"]["negotiated_codec"] == "opus" and leg["codec"] == "PCMU"
-    assert leg["packets_lost"] == loss.dropped[0] > 0 and leg["stats"]["late"] == 0
+    assert leg["codec"] == "opus" and leg["sample_rate"] == 16000
+    # Loss is what this test is about: every packet dropped on the wire is counted lost. A busy
+    # machine may deliver a few packets late (they count as late, and their audio as silence).
+    assert leg["packets_lost"] >= loss.dropped[0] > 0
+    assert leg["packets_lost"] + leg["stats"]["late"] <= loss.dropped[0] + 5
     text_ = " ".join(u["text"] for u in got["utterances"])
     assert wer([prompt_text("pls-hold-while-try")], [text_]) <= 0.15, text_
 

@@ -1,8 +1,8 @@
 """Speech recognition: one session per speaker leg, emitting Partial and Final events."""
 
-from .base import AsrEngine, AsrSession, Final, Partial
+from .base import AsrEngine, AsrSession, Final, Partial, SessionInfo
 
-__all__ = ["AsrEngine", "AsrSession", "Final", "Partial"]
+__all__ = ["AsrEngine", "AsrSession", "Final", "Partial", "SessionInfo"]
 
 
 def create_engine(settings):

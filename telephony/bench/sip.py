@@ -143,28 +143,45 @@ async def _drive(port: int, calls: int, streams: int, secs: float, impair, media
     audio = [[script[offset(i * streams + k):][: int(secs * 8000)] for i in range(calls)] for k in range(streams)]
     uac = await RawUac(("127.0.0.1", port)).open()
     dialogs = []
+    impaired = bool(impair.loss or impair.reorder or impair.jitter_ms)
+    # The service takes RTP only from the port an SDP announced: one sending socket per stream
+    # position serves every call (its port in every offer), or one per leg when impaired.
+    shared = [_free_udp_port() for _ in range(streams)]
+
+    def media_port(i: int, k: int) -> int:
+        return 50000 + 4 * i + 2 * k if impaired else shared[k]
+
     for i in range(calls):
         d = uac.dialog(display=f"caller{i}")
         if streams == 2:
-            body, ctype = _siprec_body((50000 + 4 * i, 50002 + 4 * i), i)
+            body, ctype = _siprec_body((media_port(i, 0), media_port(i, 1)), i)
             r = await d.invite(body, ctype, headers={"Require": "siprec"})
         else:
-            r = await d.invite(sdp_offer(50000 + 2 * i, codecs=(0,), direction="sendrecv"))
+            r = await d.invite(sdp_offer(media_port(i, 0), codecs=(0,), direction="sendrecv"))
         if r.status != 200:
             raise RuntimeError(f"INVITE {i}: {r.status} {r.reason}")
         dialogs.append(d)
     media_started()
     targets = [[d.media_port(k) for d in dialogs] for k in range(streams)]
-    if impair.loss or impair.reorder or impair.jitter_ms:
-        sends = [send_rtp(addr, audio[k][i], impair=impair) for k in range(streams) for i, addr in enumerate(targets[k])]
+    if impaired:
+        sends = [send_rtp(addr, audio[k][i], impair=impair, local_port=media_port(i, k))
+                 for k in range(streams) for i, addr in enumerate(targets[k])]
     else:
-        sends = [send_rtp_many(targets[k], audio[k]) for k in range(streams)]
+        sends = [send_rtp_many(targets[k], audio[k], local_port=shared[k]) for k in range(streams)]
     stats = await asyncio.gather(*sends)
     for d in dialogs:
         await d.bye()
     await uac.close()
     return {"sent": sum(s.sent for s in stats), "dropped": sum(s.dropped for s in stats),
             "reordered": sum(s.reordered for s in stats)}
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _json_line(proc) -> dict:

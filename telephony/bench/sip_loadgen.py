@@ -101,13 +101,13 @@ async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, p
 
 
 async def send_rtp_many(addrs: list[tuple[str, int]], payload: bytes | list[bytes], *, pt: int = 0,
-                        ptime_ms: int = 20, stagger: bool = True) -> SendStats:
+                        ptime_ms: int = 20, stagger: bool = True, local_port: int = 0) -> SendStats:
     """Stream ``payload`` (one for all, or one per address, of equal length) to every address at
     once from one socket and one timer (load tests: one task per leg would make the sender, not
     the server, the bottleneck). Legs are spread evenly over the 20 ms period, as independent
     phones would be."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", local_port))
     step = 8 * ptime_ms
     payloads = payload if isinstance(payload, list) else [payload] * len(addrs)
     fill = b"\xff" if pt == 0 else b"\xd5"

@@ -140,6 +140,10 @@ class RtpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         if not self.policy.accepts(addr):
+            if not self.foreign:  # once per stream: say who sent what we refused
+                p = self.policy
+                log.info("RTP from %s:%d dropped: the SDP announced %s:%s%s", addr[0], addr[1], p.address, p.port,
+                         " (latching on)" if p.latch else "")
             self.foreign += 1
             self.receiver.count_foreign()
             return
