@@ -32,9 +32,12 @@ def build_app(rt: Runtime, manager: CallManager, started: float) -> web.Applicat
             "status": "ok",
             "accepting_calls": manager.accepting,
             "active_calls": manager.active_calls,
+            "active_legs": sum(len(call.legs) for call in manager.calls()),
             "database": "up" if w.db_up else "down",
             "journal_pending": w.pending,
+            "journal_rejected": w.rejected,
             "asr_backlog": rt.engine.backlog() if rt.engine is not None else 0,
+            "webhooks": rt.webhooks.stats() if rt.webhooks is not None else None,
             "uptime_s": round(time.monotonic() - started, 1),
         }
 
