@@ -11,30 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-import psycopg2
 import pytest
 
 from telephony.config import Settings
 from telephony.runtime import Runtime
-from telephony.store.database import asyncpg_dsn
 from telephony.webhooks import configured_endpoints, outbox
 from telephony.webhooks.delivery import DeliveryWorker
 
 from .sql import rows
-from .webhooks_receiver import SECRET, Receiver, call_records, verify
-
-
-@pytest.fixture
-def db(fresh_database_url):
-    """fresh_database_url, with an empty outbox too (conftest empties the call tables only)."""
-    conn = psycopg2.connect(asyncpg_dsn(fresh_database_url))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("TRUNCATE webhook_outbox")
-    finally:
-        conn.close()
-    return fresh_database_url
+from .webhooks_receiver import SECRET, Receiver, call_records, db, verify  # noqa: F401 (db: fixture)
 
 
 @pytest.fixture

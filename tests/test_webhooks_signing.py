@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 
 import pytest
 
@@ -34,9 +35,7 @@ def test_signature_is_hmac_sha256_of_id_timestamp_body_by_hand():
     assert signature([SECRET], "msg_x", 1700000000, body) == f"v1,{by_hand}"
 
 
-def test_key_rotation_signs_with_every_secret_and_each_receiver_verifies(monkeypatch):
-    import time
-
+def test_key_rotation_signs_with_every_secret_and_each_receiver_verifies():
     now = int(time.time())
     body = '{"type":"call.started"}'
     h = headers([SECRET, OLD_SECRET], "msg_rot", now, body)

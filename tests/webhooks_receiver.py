@@ -12,9 +12,12 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+import psycopg2
+import pytest
 from aiohttp import web
 
 from telephony.records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id, utcnow
+from telephony.store.database import asyncpg_dsn
 
 SECRET = "whsec_" + base64.b64encode(b"telephony-test-secret-of-32-bytes").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"the-previous-key-still-valid-24").decode()
@@ -32,6 +35,19 @@ def verify(secret: str, headers, body: bytes, tolerance_s: float = 300) -> bool:
         if version == "v1" and hmac.compare_digest(sig.encode(), expected):
             return True
     return False
+
+
+@pytest.fixture
+def db(fresh_database_url):
+    """fresh_database_url, with an empty outbox too (conftest empties the call tables only)."""
+    conn = psycopg2.connect(asyncpg_dsn(fresh_database_url))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("TRUNCATE webhook_outbox")
+    finally:
+        conn.close()
+    return fresh_database_url
 
 
 def free_port() -> int:
