@@ -193,7 +193,10 @@ async def cmd_webhooks(args, settings) -> int:
 async def cmd_status(args, settings) -> int:
     from .status import fetch_status, render_status
 
-    url = args.url or f"http://{settings.service.http_host}:{settings.service.http_port}"
+    host = settings.service.http_host
+    if host in ("", "0.0.0.0", "::"):  # bound to every address: ask it on loopback
+        host = "127.0.0.1"
+    url = args.url or f"http://{host if ':' not in host else f'[{host}]'}:{settings.service.http_port}"
     status = await fetch_status(url, token=(settings.api.tokens or [None])[0])
     print(json.dumps(status, indent=2, default=str) if args.json else render_status(status))
     return 0

@@ -84,10 +84,10 @@ from .webrtc.settings import WebRtcSettings  # noqa: E402
 class WebhookSettings:
     # The simple case, from the environment alone: TELEPHONY_WEBHOOKS_URLS, TELEPHONY_WEBHOOKS_SECRET.
     urls: list[str] = field(default_factory=list)  # http(s) receivers; each gets every event in `events`
-    secret: str = ""  # whsec_<base64>; several, space-separated, while rotating keys (each one signs)
+    secret: str = field(default="", repr=False)  # whsec_<base64>; several, space-separated, while rotating keys
     events: list[str] = field(default_factory=lambda: ["call.started", "call.ended"])  # + utterance.final, or "*"
     # More receivers, each with its own secret and filter: [[webhooks.endpoints]] name, url, secret, events.
-    endpoints: list[dict] = field(default_factory=list)
+    endpoints: list[dict] = field(default_factory=list, repr=False)  # (they hold secrets)
     timeout_s: float = 15.0  # one delivery attempt
     retry_initial_s: float = 5.0  # first retry delay; doubles per attempt, with jitter
     retry_max_s: float = 3600.0  # longest delay between two attempts

@@ -60,7 +60,7 @@ def render_status(s: dict) -> str:
         line = (f"webhooks  {hooks['endpoints']} receiver(s): {hooks['pending']} pending, {hooks['dead']} dead, "
                 f"{hooks['delivered']} delivered since start")
         if hooks.get("failing"):
-            line += f"; failing: {', '.join(hooks['failing'])}"
+            line += f"; {hooks['failing']} receiver(s) failing (see the service log)"
         if hooks["dead"]:
             line += " (telephony webhooks dead)"
         lines.append(line)

@@ -43,8 +43,8 @@ SCHEMAS = {
                                                           "pending": {"type": "integer"}, "dead": {"type": "integer"},
                                                           "delivered": {"type": "integer"},
                                                           "failed_attempts": {"type": "integer"},
-                                                          "failing": {"type": "array", "items": {"type": "string"}},
-                                                          "last_error": _NULLABLE_STR}},
+                                                          "failing": {"type": "integer",
+                                                                      "description": "receivers now failing"}}},
                               "uptime_s": {"type": "number"}}},
     "WebhookDelivery": {
         "type": "object", "required": ["id", "message_id", "endpoint", "event_type", "state", "attempts"],

@@ -70,7 +70,6 @@ class DeliveryWorker:
         self.failed_attempts = 0
         self.dead = 0
         self.counts: dict[str, int] = {"pending": 0, "dead": 0}  # over the whole outbox, refreshed periodically
-        self.last_error: str | None = None
         self._rng = rng or random.Random()
         self._engine: AsyncEngine | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -116,10 +115,15 @@ class DeliveryWorker:
             await self._engine.dispose()
             self._task = None
 
+    @property
+    def failing(self) -> list[str]:
+        """Receivers whose last attempt failed."""
+        return sorted(self._failing)
+
     def stats(self) -> dict:
+        """For /health, which anyone reaching the port may read: counts only, no receiver names or errors."""
         return {"endpoints": len(self.endpoints), "pending": self.counts["pending"], "dead": self.counts["dead"],
-                "delivered": self.delivered, "failed_attempts": self.failed_attempts,
-                "failing": sorted(self._failing), "last_error": self.last_error}
+                "delivered": self.delivered, "failed_attempts": self.failed_attempts, "failing": len(self._failing)}
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -197,7 +201,7 @@ class DeliveryWorker:
         except asyncio.TimeoutError:
             error = f"no answer within {s.timeout_s:g}s"
         except aiohttp.ClientError as exc:
-            error = _one_line(exc)
+            error = _one_line(exc).replace(endpoint.url, endpoint.name)  # no credentials or query in logs
         try:
             if error is None:
                 await outbox.delivered(self._engine, row["id"], status)
@@ -206,7 +210,6 @@ class DeliveryWorker:
                     log.info("webhooks: %s is accepting events again", endpoint.name)
                 return
             self.failed_attempts += 1
-            self.last_error = f"{endpoint.name}: {error}"
             if endpoint.name not in self._failing:
                 self._failing[endpoint.name] = error
                 log.warning("webhooks: %s failing (%s); retrying with backoff for up to %gs per event",

@@ -53,6 +53,7 @@ class Outbox:
         self.endpoints = endpoints
         self.queued = 0  # rows this process queued (one per event and receiver)
         self._listeners: list[Callable[[], None]] = []
+        self._fresh = False  # rows added since the last commit
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -96,8 +97,12 @@ class Outbox:
             log.error("could not queue %d webhook event(s): %s", len(rows), str(exc.orig).splitlines()[0])
             return
         self.queued += len(rows)
+        self._fresh = True
 
     def committed(self) -> None:
+        if not self._fresh:
+            return
+        self._fresh = False
         for listener in self._listeners:
             listener()
 
