@@ -49,7 +49,7 @@ def _duration(seconds: float) -> str:
 def render_status(s: dict) -> str:
     lines = [f"telephony at {s['url']}: up {_duration(s.get('uptime_s', 0))}, "
              + ("accepting calls" if s.get("accepting_calls") else "NOT accepting calls (stopping)")]
-    lines.append(f"calls     {s.get('active_calls', 0)} live, {s.get('active_legs', 0)} legs")
+    lines.append(f"calls     {s.get('active_calls', 0)} live, {s.get('active_legs', 0)} leg(s)")
     lines.append(f"asr       backlog {s.get('asr_backlog', 0)}")
     lines.append(f"database  {s.get('database')}; journal {s.get('journal_pending', 0)} pending"
                  f", {s.get('journal_rejected', 0)} refused since start")
@@ -71,6 +71,6 @@ def render_status(s: dict) -> str:
         except (KeyError, TypeError, ValueError):
             age = 0
         speakers = ", ".join(leg["speaker"] for leg in call.get("legs", []))
-        lines.append(f"  {call['id']}  {call['source']:7} {_duration(age):>8}  {len(call.get('legs', []))} legs"
+        lines.append(f"  {call['id']}  {call['source']:7} {_duration(age):>8}  {len(call.get('legs', []))} leg(s)"
                      + (f" ({speakers})" if speakers else ""))
     return "\n".join(lines)

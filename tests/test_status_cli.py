@@ -61,7 +61,7 @@ def test_status_of_a_running_service_shows_the_live_call_and_the_outbox(db, tmp_
         idle = cli(env, "status")
         assert idle.returncode == 0, idle.stderr
         assert f"telephony at {serve.url}: up " in idle.stdout and "accepting calls" in idle.stdout
-        assert "calls     0 live, 0 legs" in idle.stdout and "database  up; journal 0 pending" in idle.stdout
+        assert "calls     0 live, 0 leg(s)" in idle.stdout and "database  up; journal 0 pending" in idle.stdout
         assert "webhooks  1 receiver(s): 0 pending, 0 dead" in idle.stdout
 
         # baresip hangs up when its file ends: ten seconds of it, so the call is still up while we look.
@@ -72,10 +72,10 @@ def test_status_of_a_running_service_shows_the_live_call_and_the_outbox(db, tmp_
             deadline, live = time.monotonic() + 20, None
             while time.monotonic() < deadline:
                 live = cli(env, "status")
-                if "1 live, 1 legs" in live.stdout:
+                if "1 live, 1 leg(s)" in live.stdout:
                     break
                 time.sleep(0.5)
-            assert "calls     1 live, 1 legs" in live.stdout, live.stdout
+            assert "calls     1 live, 1 leg(s)" in live.stdout, live.stdout
             assert " sip " in live.stdout and "(baresip)" in live.stdout  # the call, its source and speaker
         finally:
             caller.join(60)

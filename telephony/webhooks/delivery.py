@@ -212,8 +212,8 @@ class DeliveryWorker:
             self.failed_attempts += 1
             if endpoint.name not in self._failing:
                 self._failing[endpoint.name] = error
-                log.warning("webhooks: %s failing (%s); retrying with backoff for up to %gs per event",
-                            endpoint.name, error, s.retry_horizon_s)
+                log.warning("webhooks: %s failing (%s); retrying with backoff for up to %s per event",
+                            endpoint.name, error, _span(s.retry_horizon_s))
             if status == 410:
                 retry = None
             else:
@@ -234,6 +234,10 @@ class DeliveryWorker:
                 log.warning("webhooks: cannot record a delivery outcome (%s); the event will be sent again",
                             _one_line(exc))
                 self._db_trouble = True
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 3600:.3g} h" if seconds >= 3600 else f"{seconds:.3g} s"
 
 
 def _one_line(exc: BaseException) -> str:
