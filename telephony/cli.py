@@ -162,9 +162,11 @@ async def cmd_webhooks(args, settings) -> int:
     from .webhooks import outbox
 
     if args.action == "resend" and bool(args.ids) == bool(args.all):
-        raise CliError("give delivery ids (as `telephony webhooks dead` lists them) or --all, not both", EXIT_USAGE)
+        raise CliError("give either delivery ids (as `telephony webhooks dead` lists them) or --all", EXIT_USAGE)
     if args.action == "dead" and (args.ids or args.all):
         raise CliError("`webhooks dead` takes no ids (did you mean `webhooks resend`?)", EXIT_USAGE)
+    if not 1 <= args.limit <= 10000:
+        raise CliError(f"--limit must be within 1..10000, got {args.limit}", EXIT_USAGE)
     engine = await _query_engine(settings)
     try:
         if args.action == "dead":
