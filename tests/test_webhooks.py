@@ -9,6 +9,7 @@ with our signing code.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -234,3 +235,27 @@ async def test_two_instances_on_one_database_never_send_an_attempt_twice(db, tmp
         mine = rt.webhooks.delivered
     assert len(receiver.deliveries) == 40  # SKIP LOCKED + lease: no event claimed by both
     assert mine + other.delivered == 40
+
+
+async def test_database_away_events_wait_with_their_records_and_follow_them(restartable_database, tmp_path, receiver,
+                                                                            caplog):
+    s = settings_for(restartable_database.url, tmp_path, receiver.url)
+    s.database.retry_interval_s = 0.2
+    records = call_records(utterances=2)
+    caplog.set_level(logging.INFO, logger="telephony.webhooks.delivery")
+    async with Runtime(s, asr=False) as rt:
+        restartable_database.stop()
+        for r in records:
+            await rt.writer.submit(r)  # durable in the local journal only
+        await asyncio.sleep(1.0)
+        assert rt.writer.pending == len(records) and receiver.deliveries == []
+        restartable_database.start()
+        assert await rt.writer.flush(timeout=30)
+        await receiver.wait(lambda: len(receiver.accepted()) == 4, 15, "the call's 4 events")
+    assert len(receiver.deliveries) == 4
+    ended = receiver.of_type("call.ended")[0].event["data"]
+    assert [t["text"] for t in ended["transcript"]] == ["sentence number 0", "sentence number 1"]
+    # The delivery task said once that it could not read the outbox, and once that it could again.
+    messages = [r.getMessage() for r in caplog.records if r.name == "telephony.webhooks.delivery"]
+    assert sum("cannot read the outbox" in m for m in messages) == 1
+    assert sum("database reachable again" in m for m in messages) == 1
