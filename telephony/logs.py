@@ -103,6 +103,7 @@ def configure(level: str | int, fmt: str = "text", *, debug: bool = False, data_
     console.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(console)
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings too, in the same format (one JSON object per line)
 
     server = logging.getLogger("aiohttp.server")
     if _client_filter not in server.filters:
