@@ -217,6 +217,9 @@ class LiveCall:
             await asyncio.gather(*(leg.end() for leg in self.legs))
         finally:
             self.manager._submit(CallEnd(self.id, utcnow(), status))
+            log.info("call %s ended (%s): source=%s legs=%d duration=%.1fs utterances=%d", self.id, status,
+                     self.record.source, len(self.legs), time.monotonic() - self.t0,
+                     sum(leg._seq for leg in self.legs), extra={"call_id": self.id})
             self.manager._calls.pop(self.id, None)
             if self.manager.bus is not None:
                 self.manager.bus.publish(Caption("call_end", self.id))
@@ -264,6 +267,7 @@ class CallManager:
         except BaseException:
             self._calls.pop(call.id, None)
             raise
+        log.info("call %s started: source=%s", call.id, record.source, extra={"call_id": call.id})
         if self.bus is not None:
             self.bus.publish(Caption("call_start", call.id))
         return call

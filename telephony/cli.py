@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 
+from . import logs
 from .config import ConfigError, load_settings
 
 EXIT_USAGE, EXIT_INPUT, EXIT_FAILURE = 2, 3, 1
@@ -32,10 +33,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .store.database import DatabaseError
     from .store.journal import JournalError
     from .store.queries import CallNotFound, InvalidQuery
+    from .status import ServiceUnreachable
     from .store.writer import WriterClosed
 
     return (ConfigError, ModelError, IngestError, DatabaseError, CodecError, FormatError, JournalError,
-            CallNotFound, InvalidQuery, WriterClosed)
+            CallNotFound, InvalidQuery, WriterClosed, ServiceUnreachable)
 
 
 # -- commands ---------------------------------------------------------------
@@ -148,8 +150,60 @@ async def cmd_bench(args, settings) -> int:
     if args.extra:
         raise CliError(f"unrecognized arguments: {' '.join(args.extra)}", EXIT_USAGE)
     from .bench.core import run_bench
+    from .config import WebhookSettings
+
+    settings.webhooks = WebhookSettings()  # benchmark calls are not calls to tell a CRM about
 
     await run_bench(settings, args)
+    return 0
+
+
+async def cmd_webhooks(args, settings) -> int:
+    from .webhooks import outbox
+
+    if args.action == "resend" and bool(args.ids) == bool(args.all):
+        raise CliError("give either delivery ids (as `telephony webhooks dead` lists them) or --all", EXIT_USAGE)
+    if args.action == "dead" and (args.ids or args.all):
+        raise CliError("`webhooks dead` takes no ids (did you mean `webhooks resend`?)", EXIT_USAGE)
+    if not 1 <= args.limit <= 10000:
+        raise CliError(f"--limit must be within 1..10000, got {args.limit}", EXIT_USAGE)
+    engine = await _query_engine(settings)
+    try:
+        if args.action == "dead":
+            rows = await outbox.dead_letters(engine, args.limit)
+            if args.json:
+                print(json.dumps(rows, default=str, indent=2))
+                return 0
+            print(f"{'delivery id':36}  {'dead since':19}  {'event':15}  {'tries':>5}  {'endpoint':30}  last error")
+            for r in rows:
+                print(f"{r['id']:36}  {str(r['dead_at'])[:19]:19}  {r['event_type']:15}  {r['attempts']:>5}  "
+                      f"{r['endpoint'][:30]:30}  {r['last_error'] or ''}")
+            print(f"{len(rows)} dead letter(s)" + ("; `telephony webhooks resend --all` sends them again" if rows else ""),
+                  file=sys.stderr)
+        elif args.all:
+            print(f"{await outbox.resend_all_dead(engine)} dead letter(s) queued again")
+        else:
+            for delivery_id in args.ids:
+                row = await outbox.resend(engine, delivery_id)
+                print(f"{row['id']}  {row['event_type']} {row['message_id']} to {row['endpoint']}: queued again")
+    except outbox.BadId as exc:
+        raise CliError(str(exc), EXIT_INPUT) from None
+    except outbox.NotFound as exc:
+        raise CliError(str(exc), EXIT_INPUT) from None
+    finally:
+        await engine.dispose()
+    return 0
+
+
+async def cmd_status(args, settings) -> int:
+    from .status import fetch_status, render_status
+
+    host = settings.service.http_host
+    if host in ("", "0.0.0.0", "::"):  # bound to every address: ask it on loopback
+        host = "127.0.0.1"
+    url = args.url or f"http://{host if ':' not in host else f'[{host}]'}:{settings.service.http_port}"
+    status = await fetch_status(url, token=(settings.api.tokens or [None])[0])
+    print(json.dumps(status, indent=2, default=str) if args.json else render_status(status))
     return 0
 
 
@@ -199,6 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--format", choices=["text", "json", "vtt"], default="text")
     tr.set_defaults(func=cmd_transcript)
 
+    st = sub.add_parser("status", help="what the running service is doing (reads its /health)")
+    st.add_argument("--url", help="the service's HTTP address (default: from service.http_host/http_port)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    w = sub.add_parser("webhooks", help="webhook dead letters: list, resend; make a signing secret",
+                       description="telephony webhooks dead | resend ID... | resend --all | secret")
+    w.add_argument("action", choices=["dead", "resend", "secret"])
+    w.add_argument("ids", nargs="*", metavar="ID", help="delivery ids (resend)")
+    w.add_argument("--all", action="store_true", help="resend every dead letter")
+    w.add_argument("--limit", type=int, default=100, help="dead: how many, newest first")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_webhooks)
+
     d = sub.add_parser("db", help="database schema")
     d.add_argument("action", choices=["upgrade", "current"])
     d.set_defaults(func=cmd_db)
@@ -220,15 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format=logs.TEXT_FORMAT)
+    if args.command == "webhooks" and args.action == "secret":  # needs no settings: it fixes a missing secret
+        from .webhooks import new_secret
+
+        print(new_secret())
+        return 0
     try:
         settings = load_settings(args.config)
         if args.debug:
             settings.service.log_level = "DEBUG"
-        logging.getLogger().setLevel(settings.service.log_level.upper() if not args.debug else "DEBUG")
-        if args.command != "serve":
-            logging.getLogger().setLevel(logging.WARNING if not args.debug else logging.DEBUG)
+        level = settings.service.log_level.upper() if args.command == "serve" or args.debug else "WARNING"
+        logs.configure(level, settings.service.log_format, debug=args.debug, data_dir=settings.data_dir)
         return asyncio.run(args.func(args, settings))
     except CliError as exc:
         print(f"telephony: error: {exc}", file=sys.stderr)

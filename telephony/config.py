@@ -31,6 +31,7 @@ class ServiceSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one JSON object per line, for log shippers)
     shutdown_grace_s: float = 30.0  # how long SIGTERM waits for open ASR sessions to finish
 
 
@@ -155,6 +156,23 @@ class ApiSettings:
 
 
 @dataclass
+class WebhookSettings:
+    # The simple case, from the environment alone: TELEPHONY_WEBHOOKS_URLS, TELEPHONY_WEBHOOKS_SECRET.
+    urls: list[str] = field(default_factory=list)  # http(s) receivers; each gets every event in `events`
+    secret: str = field(default="", repr=False)  # whsec_<base64>; several, space-separated, while rotating keys
+    events: list[str] = field(default_factory=lambda: ["call.started", "call.ended"])  # + utterance.final, or "*"
+    # More receivers, each with its own secret and filter: [[webhooks.endpoints]] name, url, secret, events.
+    endpoints: list[dict] = field(default_factory=list, repr=False)  # (they hold secrets)
+    timeout_s: float = 15.0  # one delivery attempt
+    retry_initial_s: float = 5.0  # first retry delay; doubles per attempt, with jitter
+    retry_max_s: float = 3600.0  # longest delay between two attempts
+    retry_horizon_s: float = 3 * 86400.0  # then the event is a dead letter (list and resend them)
+    concurrency: int = 4  # attempts in flight per endpoint
+    poll_interval_s: float = 1.0  # how often due retries (and other instances' events) are looked for
+    retention_days: float = 7.0  # delivered events are kept this long, then deleted
+
+
+@dataclass
 class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -164,6 +182,7 @@ class Settings:
     sip: SipSettings = field(default_factory=SipSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -193,6 +212,11 @@ class Settings:
                 raise ConfigError(f"unknown audio codec {name!r}; known: {', '.join(c.name for c in CODECS.values() if c.audio)}")
         if self.asr.workers < 1 or self.asr.beam_size < 1:
             raise ConfigError("asr.workers and asr.beam_size must be at least 1")
+        if self.service.log_format not in ("text", "json"):
+            raise ConfigError(f"service.log_format must be text or json, got {self.service.log_format!r}")
+        from .webhooks.endpoints import configured_endpoints
+
+        configured_endpoints(self.webhooks)  # raises ConfigError naming the bad setting
 
 
 def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
@@ -203,6 +227,8 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
             return [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return [dict(v) for v in value]  # [[section.key]] tables: the section checks their fields
         raise ConfigError(f"{section}.{key}: expected a list of strings, got {value!r}")
     try:
         if kind is bool:

@@ -18,6 +18,7 @@ from .store.database import resolve_database_url, stop_embedded
 from .store.journal import JOURNAL_FILE, Journal, JournalError
 from .store.migrate import upgrade_async
 from .store.writer import RecordWriter
+from .webhooks import outbox_for, start_delivery
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Runtime:
         self.database_url: str | None = None
         self.writer: RecordWriter | None = None
         self.engine = None
+        self.webhooks = None  # DeliveryWorker when [webhooks] names receivers
         self._journal: Journal | None = None
         self.run_id = new_id()  # this process's run; calls carry it with the journal's instance id
 
@@ -75,11 +77,13 @@ class Runtime:
         self.database_url = await resolve_database_url(s)
         await upgrade_async(self.database_url)
         self._journal = open_journal(s.data_dir)
-        self.writer = RecordWriter(self.database_url, self._journal, s.database.retry_interval_s)
+        outbox = outbox_for(s)
+        self.writer = RecordWriter(self.database_url, self._journal, s.database.retry_interval_s, outbox=outbox)
         await self.writer.start()
         # Calls an earlier run of this instance left open (it was killed) are closed as
         # 'interrupted', after whatever that run still had in the journal is written.
         self.writer.enqueue(InstanceRecovered(self._journal.instance_id, self.run_id))
+        self.webhooks = await start_delivery(s, self.database_url, outbox)
         if self._want_asr:
             self.engine = create_engine(s)
         return self
@@ -93,6 +97,8 @@ class Runtime:
             if left:
                 log.warning("%d records kept in the journal %s; they are written at the next start",
                             left, self.settings.data_dir / "journal.sqlite3")
+        if self.webhooks is not None:
+            await self.webhooks.stop()  # after the writer: the last calls' events are sent if the receiver is up
         if self._journal is not None:
             self._journal.close()
             if self._journal.path.name != JOURNAL_FILE and self.writer is not None and self.writer.pending == 0:

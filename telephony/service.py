@@ -69,9 +69,12 @@ class Service:
             "status": "ok",
             "accepting_calls": self.manager.accepting,
             "active_calls": self.manager.active_calls,
+            "active_legs": self.manager.active_legs,
             "database": "up" if w.db_up else "down",
             "journal_pending": w.pending,
+            "journal_rejected": w.rejected,
             "asr_backlog": self.engine.backlog() if self.engine is not None else 0,
+            "webhooks": self.runtime.webhooks.stats() if self.runtime.webhooks is not None else None,
             "uptime_s": round(time.monotonic() - self.started, 1),
         }
 

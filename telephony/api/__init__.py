@@ -6,6 +6,7 @@
     cors.py         CORS and Origin checks             transcripts.py  /api/calls...
     captions.py     WebSocket/SSE caption feeds        openapi.py  /openapi.json
     pages.py        /, /calls, /calls/{id}, /static    settings.py ApiSettings (the [api] section)
+    (webhooks/api.py: /api/webhooks/... dead letters, mounted here)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ..store.database import async_url
+from ..webhooks import api as webhooks_api
 from . import captions, pages, transcripts
 from .auth import auth_middleware
 from .cors import cors_middleware
@@ -51,6 +53,7 @@ def mount(app: web.Application, *, manager, database_url: str, settings: ApiSett
 
     app.router.add_get("/openapi.json", openapi)
     transcripts.add_routes(app, manager)
+    webhooks_api.add_routes(app, transcripts.ENGINE)
     captions.add_routes(app, hub, manager, max_clients=s.max_caption_clients, queue=s.caption_queue)
     if webrtc is not None:
         from ..webrtc.signalling import add_routes as add_signalling

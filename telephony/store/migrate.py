@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -22,6 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 import telephony
 
 from .database import DatabaseError, describe, sync_url
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(telephony.__file__).resolve().parents[1] / "migrations"
 
@@ -49,11 +52,15 @@ def _in_thread_if_loop(fn, *args):
 
 
 def _upgrade(url: str, revision: str) -> None:
+    before = _current(url)
     try:
         command.upgrade(alembic_config(url), revision)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise DatabaseError(f"migration of {describe(url)} failed: {reason}") from None
+    after = head_revision() if revision == "head" else revision
+    if after != before:  # one line, instead of Alembic's three per step
+        log.info("database schema %s: revision %s", f"upgraded from {before}" if before else "created", after)
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -11,6 +11,9 @@ While PostgreSQL is away the task retries every ``retry_interval_s``; submits
 keep succeeding because they only touch the journal. A record PostgreSQL refuses
 for good (a constraint or data error) is moved to the journal's ``rejected``
 table with the reason, so it neither blocks the rest nor disappears.
+
+An ``outbox`` (the webhooks' transactional outbox) adds its rows inside each
+batch's transaction, after the batch's own statements, and hears of each commit.
 """
 
 from __future__ import annotations
@@ -278,6 +281,7 @@ class RecordWriter:
         on_utterance: UtteranceHook | None = None,
         batch_size: int = 500,
         connect_timeout_s: float = 5.0,
+        outbox=None,
     ):
         if retry_interval_s <= 0:
             raise ValueError(f"retry_interval_s must be positive, got {retry_interval_s}")
@@ -287,6 +291,7 @@ class RecordWriter:
         self.on_utterance = on_utterance
         self.batch_size = batch_size
         self.connect_timeout_s = connect_timeout_s
+        self.outbox = outbox  # add(conn, records) inside the transaction; committed() after it
         self.written = 0
         self.rejected = 0
         self.hook_errors = 0
@@ -479,6 +484,8 @@ class RecordWriter:
                     j += 1
                 await conn.execute(SQL[kind], [_encoded(r) for _, r in batch[i:j]])
                 i = j
+            if self.outbox is not None:
+                await self.outbox.add(conn, [r for _, r in batch])
         await self._committed(batch)
 
     async def _write_one_by_one(self, batch: list[tuple[int, Record]]) -> None:
@@ -487,6 +494,8 @@ class RecordWriter:
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(SQL[type(record)], _encoded(record))
+                    if self.outbox is not None:
+                        await self.outbox.add(conn, [record])
             except Exception as exc:
                 if not _permanent(exc):
                     raise
@@ -520,6 +529,8 @@ class RecordWriter:
         await asyncio.to_thread(self.journal.ack, last)
         self.written += len(batch)
         self.pending -= len(batch)
+        if self.outbox is not None:
+            self.outbox.committed()
         if self.on_utterance is not None:
             for _, record in batch:
                 if isinstance(record, UtteranceRecord):

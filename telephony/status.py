@@ -1,0 +1,76 @@
+"""``telephony status``: the running service, as its own ``/health`` (and live-call list) describe it.
+
+Reads only what the service publishes over HTTP, so it works from any machine that
+can reach it, and says so in one line when nothing answers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import aiohttp
+
+TIMEOUT_S = 5.0
+
+
+class ServiceUnreachable(RuntimeError):
+    """Nothing (or not the telephony service) answers at the address; the message is one line."""
+
+
+async def fetch_status(url: str, token: str | None = None) -> dict:
+    """``/health`` of the service at ``url``, plus ``live_calls`` when ``/api/calls/live`` lets us read it."""
+    url = url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with http.get(f"{url}/health") as r:
+                if r.status != 200 or r.content_type != "application/json":
+                    raise ServiceUnreachable(f"{url} answered HTTP {r.status} on /health: not the telephony service?")
+                status = await r.json()
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with http.get(f"{url}/api/calls/live", headers=headers) as r:
+                status["live_calls"] = (await r.json())["calls"] if r.status == 200 else None
+    except aiohttp.InvalidURL:
+        raise ServiceUnreachable(f"not an HTTP address: {url!r}") from None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        reason = "no answer within 5 s" if isinstance(exc, TimeoutError) else (
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ServiceUnreachable(f"the service is not running at {url} ({reason})") from None
+    status["url"] = url
+    return status
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def render_status(s: dict) -> str:
+    lines = [f"telephony at {s['url']}: up {_duration(s.get('uptime_s', 0))}, "
+             + ("accepting calls" if s.get("accepting_calls") else "NOT accepting calls (stopping)")]
+    lines.append(f"calls     {s.get('active_calls', 0)} live, {s.get('active_legs', 0)} leg(s)")
+    lines.append(f"asr       backlog {s.get('asr_backlog', 0)}")
+    lines.append(f"database  {s.get('database')}; journal {s.get('journal_pending', 0)} pending"
+                 f", {s.get('journal_rejected', 0)} refused since start")
+    hooks = s.get("webhooks")
+    if hooks is None:
+        lines.append("webhooks  none configured")
+    else:
+        line = (f"webhooks  {hooks['endpoints']} receiver(s): {hooks['pending']} pending, {hooks['dead']} dead, "
+                f"{hooks['delivered']} delivered since start")
+        if hooks.get("failing"):
+            line += f"; {hooks['failing']} receiver(s) failing (see the service log)"
+        if hooks["dead"]:
+            line += " (telephony webhooks dead)"
+        lines.append(line)
+    now = datetime.now(timezone.utc)
+    for call in s.get("live_calls") or []:
+        try:
+            age = (now - datetime.fromisoformat(call["started_at"])).total_seconds()
+        except (KeyError, TypeError, ValueError):
+            age = 0
+        speakers = ", ".join(leg["speaker"] for leg in call.get("legs", []))
+        lines.append(f"  {call['id']}  {call['source']:7} {_duration(age):>8}  {len(call.get('legs', []))} leg(s)"
+                     + (f" ({speakers})" if speakers else ""))
+    return "\n".join(lines)
