@@ -219,7 +219,7 @@ class LiveCall:
             self.manager._submit(CallEnd(self.id, utcnow(), status))
             log.info("call %s ended (%s): source=%s legs=%d duration=%.1fs utterances=%d", self.id, status,
                      self.record.source, len(self.legs), time.monotonic() - self.t0,
-                     sum(leg._seq for leg in self.legs), extra={"call_id": self.id})
+                     sum(leg.transcript.seq for leg in self.legs), extra={"call_id": self.id})
             self.manager._calls.pop(self.id, None)
             if self.manager.bus is not None:
                 self.manager.bus.publish(Caption("call_end", self.id))

@@ -22,7 +22,7 @@ def query(url: str, sql: str, *args):
 
 
 def test_schema_is_at_head_with_tables_view_indexes_and_trigger(database_url):
-    assert migrate.current_revision(database_url) == migrate.head_revision() == "0002"
+    assert migrate.current_revision(database_url) == migrate.head_revision() == "0003"
     tables = {r[0] for r in query(database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"calls", "legs", "utterances", "alembic_version"} <= tables
     views = {r[0] for r in query(database_url, "SELECT viewname FROM pg_views WHERE schemaname = 'public'")}

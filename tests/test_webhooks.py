@@ -244,6 +244,7 @@ async def test_database_away_events_wait_with_their_records_and_follow_them(rest
     records = call_records(utterances=2)
     caplog.set_level(logging.INFO, logger="telephony.webhooks.delivery")
     async with Runtime(s, asr=False) as rt:
+        assert await rt.writer.flush(timeout=10)  # what the start itself wrote (closing a crashed run's calls)
         restartable_database.stop()
         for r in records:
             await rt.writer.submit(r)  # durable in the local journal only
