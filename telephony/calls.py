@@ -22,9 +22,11 @@ from typing import Mapping, Protocol
 
 from .captions import Caption, CaptionBus
 from .config import Settings
-from .media.codecs import CODECS, Codec, CodecError, static
+from .media.codecs import CODECS, Codec, CodecError
+from .media.audio import AudioFrame
 from .media.leg import FRAME_S, MediaLeg
 from .media.pacer import Pacer
+from .media.stream import StreamMedia
 from .media.rtp import RtpPacket
 from .records import CallEnd, CallRecord, LegEnd, LegEvent, LegRecord, Record, new_id, utcnow
 from .transcript import FinalHook, LegTranscript
@@ -92,13 +94,16 @@ def payload_types_for(codec: str | Codec) -> dict[int, Codec]:
 
 
 class LiveLeg:
-    def __init__(self, call: "LiveCall", record: LegRecord, payload_types: Mapping[int, Codec]):
+    """One speaker's leg of a live call. Its media is an RTP stream (``MediaLeg``, ticked by the
+    shared clock: SIP, WebRTC) or decoded audio pushed by a media fork (``StreamMedia``)."""
+
+    def __init__(self, call: "LiveCall", record: LegRecord, media: MediaLeg | StreamMedia):
         manager = call.manager
         self.call = call
         self.record = record
         self.id = record.id
         engine = manager.engine
-        self.media = MediaLeg(payload_types, engine.sample_rate, manager.settings.media)
+        self.media = media
         record.sample_rate = self.media.rate
         self.t0 = time.monotonic()
         self.transcript = LegTranscript(call.id, record, manager._submit, manager.bus, manager.on_final)
@@ -139,6 +144,24 @@ class LiveLeg:
     def count_foreign(self) -> None:
         self.media.count_foreign()
 
+    def push_audio(self, frame: AudioFrame, at_ms: int | None = None) -> None:
+        """Stream legs: decoded audio at the leg's rate; ``at_ms`` where it belongs, if known."""
+        if self._ended:
+            return
+        out = self.media.push(frame, at_ms)
+        if out is not None and self._pacer is not None:
+            self._pacer.push(out)
+
+    @property
+    def backlog_s(self) -> float:
+        """Audio waiting for the ASR's real-time pace (a stream pushed faster than real time)."""
+        return self._pacer.buffered_s if self._pacer is not None else 0.0
+
+    async def wait_below(self, seconds: float) -> None:
+        """Backpressure for stream legs: return once at most ``seconds`` of audio wait."""
+        if self._pacer is not None:
+            await self._pacer.wait_below(seconds)
+
     def _tick(self, now: float) -> None:
         due = int((now - self.t0) / FRAME_S)
         while self.media.frames < due:
@@ -157,8 +180,9 @@ class LiveLeg:
             return
         self._ended = True
         manager = self.call.manager
-        manager.clock.remove(self)
-        self._tick(time.monotonic())  # frames due up to now
+        if isinstance(self.media, MediaLeg):
+            manager.clock.remove(self)
+            self._tick(time.monotonic())  # frames due up to now
         tail = self.media.drain()
         if self._pacer is not None:
             if len(tail):
@@ -166,11 +190,11 @@ class LiveLeg:
             self._pacer.close()
             await asyncio.gather(*self._tasks)
         dtmf = manager.settings.media.dtmf
-        for event, at_ms in self.media.dtmf_events if dtmf != "off" else ():
+        for event, at_ms in getattr(self.media, "dtmf_events", ()) if dtmf != "off" else ():
             masked = dtmf == "masked"
             manager._submit(LegEvent(new_id(), self.call.id, self.id, "dtmf", self.record.started_ms + at_ms,
                                      event.duration_ms, None if masked else event.key))
-        stats = self.media.stats()
+        stats = self.media.stats() if isinstance(self.media, MediaLeg) else self.media.stats.as_dict()
         error = getattr(self._session, "error", None)
         if error:
             stats["asr_error"] = error
@@ -188,18 +212,27 @@ class LiveCall:
 
     def add_leg(self, *, speaker: str, role: str | None = None, codec: str | Codec = "PCMU",
                 payload_types: Mapping[int, Codec] | None = None, meta: dict | None = None) -> LiveLeg:
-        """``payload_types``: the negotiated map; a static ``codec`` name is enough otherwise."""
+        """An RTP leg. ``payload_types``: the negotiated map; a static ``codec`` name is enough otherwise."""
+        pts = dict(payload_types) if payload_types else payload_types_for(codec)
+        media = MediaLeg(pts, self.manager.engine.sample_rate, self.manager.settings.media)
+        leg = self._leg(speaker, role, media.codec.name, media, meta)
+        self.manager.clock.add(leg)
+        return leg
+
+    def add_stream_leg(self, *, speaker: str, rate: int, codec: str = "L16", role: str | None = None,
+                       meta: dict | None = None) -> LiveLeg:
+        """A leg fed decoded audio (``LiveLeg.push_audio``) by a media fork, at ``rate``."""
+        media = StreamMedia(codec, rate, self.manager.engine.sample_rate)
+        return self._leg(speaker, role, codec, media, meta)
+
+    def _leg(self, speaker: str, role: str | None, codec: str, media, meta: dict | None) -> LiveLeg:
         if self._end_task is not None:
             raise RuntimeError("call has ended")
-        pts = dict(payload_types) if payload_types else payload_types_for(codec)
-        first = next(c for c in pts.values() if c.audio) if any(c.audio for c in pts.values()) else None
-        rec = LegRecord(id=new_id(), call_id=self.id, speaker=speaker, role=role,
-                        codec=first.name if first else None, ordinal=len(self.legs),
-                        started_ms=int((time.monotonic() - self.t0) * 1000), meta=meta or {})
-        leg = LiveLeg(self, rec, pts)  # fills rec.sample_rate
+        rec = LegRecord(id=new_id(), call_id=self.id, speaker=speaker, role=role, codec=codec,
+                        ordinal=len(self.legs), started_ms=int((time.monotonic() - self.t0) * 1000), meta=meta or {})
+        leg = LiveLeg(self, rec, media)  # fills rec.sample_rate
         self.manager._submit(rec)
         self.legs.append(leg)
-        self.manager.clock.add(leg)
         return leg
 
     def update_meta(self, **meta) -> None:

@@ -35,6 +35,18 @@ class Pacer:
         self._wakeup = asyncio.Event()
         self.t0: float | None = None
         self.max_lateness = 0.0  # worst release after its due time (s): how far behind real time we fell
+        self._released = asyncio.Event()  # set whenever a chunk leaves (backpressure waits on it)
+
+    @property
+    def buffered_s(self) -> float:
+        """Audio waiting to leave: how far the input is ahead of real time."""
+        return self._buffered / self.rate
+
+    async def wait_below(self, seconds: float) -> None:
+        """Return once at most ``seconds`` of audio wait (a producer faster than real time pauses here)."""
+        while self._buffered / self.rate > seconds and not self._closed:
+            self._released.clear()
+            await self._released.wait()
 
     def push(self, frame: AudioFrame) -> None:
         if frame.rate != self.rate:
@@ -51,12 +63,14 @@ class Pacer:
         """No more audio: the remainder leaves as a last, shorter chunk."""
         self._closed = True
         self._wakeup.set()
+        self._released.set()
 
     def _take(self, n: int) -> np.ndarray:
         data = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
         out, rest = data[:n], data[n:]
         self._parts = [rest] if len(rest) else []
         self._buffered = len(rest)
+        self._released.set()
         return out
 
     async def chunks(self) -> AsyncIterator[AudioFrame]:
