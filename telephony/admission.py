@@ -1,0 +1,115 @@
+"""Admission: take a call only when the service can serve it in time; refuse the rest, cleanly, at once.
+
+One mechanism for every way in: SIP answers 503 with Retry-After (statelessly, once),
+WebRTC and the media forks 503 / WebSocket close 1013. The checks, cheapest first:
+
+1. shutting down;
+2. ``admission.max_legs`` (a fixed ceiling; 0: none beyond the measured ones);
+3. the journal: records accepted but not yet on disk (a disk that stalls must not
+   collect calls it cannot make durable);
+4. the media loop: the shared 20 ms clock running late (smoothed) means the process
+   has no CPU left for more packets;
+5. transcription: finals already waiting too long, or the talking legs plus the new
+   ones above what the decoders keep up with. That capacity is measured, not
+   configured: the engine times a real decode at start and every final since
+   (``UtteranceEngine.capacity``), and knows how much of a leg is speech.
+
+Legs that have not sent audio for a while (on hold, a caller who never speaks, a
+flood of INVITEs without media) cost almost nothing and are not counted as talking;
+per-source limits on calls without media live in the endpoints.
+
+With ``admission.overflow = "record"``, calls beyond the transcription capacity are
+taken without transcription (their legs say so) instead of being refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+TALKING_GRACE_S = 5.0  # a new leg counts as talking this long, media or not (it is about to)
+TALKING_RECENT_S = 10.0  # a leg that sent audio this recently counts as talking
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    retry_after_s: int
+
+
+class Admission:
+    def __init__(self, settings, manager, writer=None):
+        self.settings = settings.admission
+        self.manager = manager
+        self.writer = writer
+        self.refused: dict[str, int] = {}  # reason -> count
+        self.admitted = 0
+        self._last_log = 0.0
+
+    # -- what is running ----------------------------------------------------------
+    def talking_legs(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        n = 0
+        for call in self.manager.calls():
+            for leg in call.legs:
+                if leg.transcribing and (now - leg.t0 < TALKING_GRACE_S or now - leg.last_media < TALKING_RECENT_S):
+                    n += 1
+        return n
+
+    def asr_capacity(self):
+        capacity = getattr(self.manager.engine, "capacity", None)
+        return capacity() if capacity is not None else None
+
+    def leg_can_transcribe(self) -> bool:
+        """For a leg about to open: is there room to transcribe it? (Only ``overflow = record`` asks.)"""
+        cap = self.asr_capacity()
+        return cap is None or self.talking_legs() < cap.legs
+
+    # -- the decision ---------------------------------------------------------------
+    def check(self, source: str | None = None, legs: int = 1) -> Refusal | None:
+        """None: admitted. A Refusal says why and when to retry."""
+        refusal = self._check(legs)
+        if refusal is None:
+            self.admitted += 1
+            return None
+        self.refused[refusal.reason] = self.refused.get(refusal.reason, 0) + 1
+        now = time.monotonic()
+        if now - self._last_log > 10:  # one line per 10 s, however hard the flood
+            self._last_log = now
+            log.warning("refusing new calls: %s (%d refused so far)", refusal.reason, sum(self.refused.values()))
+        return refusal
+
+    def _check(self, legs: int) -> Refusal | None:
+        s = self.settings
+        retry = s.retry_after_s
+        m = self.manager
+        if not m.accepting:
+            return Refusal("shutting down", retry)
+        if s.max_legs and m.active_legs + legs > s.max_legs:
+            return Refusal(f"at the configured limit of {s.max_legs} legs", retry)
+        if self.writer is not None and getattr(self.writer, "queued", 0) > s.max_journal_queue:
+            return Refusal("the local journal is falling behind", retry)
+        if m.clock.lag * 1000 > s.max_loop_lag_ms:
+            return Refusal("media loop saturated", retry)
+        if s.overflow == "record":
+            return None
+        cap = self.asr_capacity()
+        if cap is None:
+            return None
+        if cap.backlog_s > s.max_backlog_s:
+            return Refusal("transcription backlog", retry)
+        if self.talking_legs() + legs > cap.legs:
+            return Refusal(f"transcription at capacity ({cap.legs:.0f} talking legs)", retry)
+        return None
+
+    def status(self) -> dict:
+        cap = self.asr_capacity()
+        out = {"talking_legs": self.talking_legs(), "admitted": self.admitted, "refused": dict(self.refused),
+               "media_loop_lag_ms": round(self.manager.clock.lag * 1000, 1)}
+        if cap is not None:
+            out.update(capacity_legs=round(cap.legs, 1), decode_cost_per_audio_s=round(cap.cost_per_audio_s, 4),
+                       speech_ratio=round(cap.speech_ratio, 2), backlog_s=round(cap.backlog_s, 2))
+        return out
