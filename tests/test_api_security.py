@@ -63,7 +63,8 @@ async def test_signalling_needs_the_token_too(locked):
     assert got == 401 and locked.manager.active_calls == 0
 
 
-@pytest.mark.parametrize("path", ["/health", "/ready", "/openapi.json", "/", "/calls", "/static/telephony-client.js"])
+@pytest.mark.parametrize("path", ["/health", "/ready", "/openapi.json", "/", "/calls", "/static/telephony-client.js",
+                                  "/telephony-client.js"])  # where the README imports it from
 async def test_public_paths_need_no_token(locked, path):
     got, _, _ = await status_of(locked, "GET", path)
     assert got in (200, 503) if path == "/ready" else got == 200

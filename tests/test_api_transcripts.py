@@ -94,6 +94,7 @@ async def test_filters(api, query, sources):
     ({"until": "2026-13-45"}, "until is not an ISO 8601"),
     ({"until": ""}, "empty value for until"),
     ({"order": "asc"}, "unknown query parameters: order"),
+    ({"q": "\x00"}, "refused as invalid input"),  # PostgreSQL's 22xxx is the client's mistake, not a 503
 ])
 async def test_bad_filters_are_400_with_a_message(api, query, words):
     status, body, _ = await get(api, "/api/calls", params=query)

@@ -7,7 +7,9 @@ from pathlib import Path
 from aiohttp import web
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-PAGES = {"/": "index.html", "/calls": "calls.html", "/calls/{call_id}": "call.html"}
+PAGES = {"/": "index.html", "/calls": "calls.html", "/calls/{call_id}": "call.html",
+         # The softphone client where the README's snippet imports it from (also under /static/).
+         "/telephony-client.js": "telephony-client.js"}
 
 
 def add_routes(app: web.Application) -> None:
@@ -21,6 +23,6 @@ def add_routes(app: web.Application) -> None:
 def _page(file: Path):
     async def handler(request: web.Request) -> web.FileResponse:
         # Pages are shells; their data comes from the API with the user's token.
-        return web.FileResponse(file, headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(file, headers={"Cache-Control": "no-cache"})  # type from the suffix
 
     return handler

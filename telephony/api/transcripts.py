@@ -12,7 +12,7 @@ import logging
 import re
 
 from aiohttp import web
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..formats import MEDIA_TYPES, render
@@ -56,7 +56,17 @@ class _Handlers:
             return None, json_error(400, "bad_request", str(exc))
         except CallNotFound as exc:
             return None, json_error(404, "not_found", str(exc))
-        except (OSError, OperationalError, DBAPIError) as exc:
+        except DBAPIError as exc:
+            # The database refused the input (SQLSTATE 22: data exception, e.g. a NUL in a search
+            # phrase): the client's mistake, as the writer classifies it too. Anything else: away.
+            state = getattr(exc.orig, "sqlstate", None) or ""
+            if not exc.connection_invalidated and state.startswith("22"):
+                reason = str(exc.orig).strip().splitlines()[0][:200] if str(exc.orig).strip() else "invalid input"
+                return None, json_error(400, "bad_request", f"the query was refused as invalid input: {reason}")
+            log.warning("database unavailable for %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200])
+            return None, json_error(503, "database_unavailable", "the database is not reachable right now; retry",
+                                    headers={"Retry-After": "5"})
+        except OSError as exc:
             log.warning("database unavailable for %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200])
             return None, json_error(503, "database_unavailable", "the database is not reachable right now; retry",
                                     headers={"Retry-After": "5"})
