@@ -55,7 +55,7 @@ class VadSettings:
     threshold: float = 0.5  # silero speech probability
     hangover_ms: int = 300  # silence that ends an utterance
     min_speech_ms: int = 200  # shorter bursts are ignored
-    max_utterance_s: float = 8.0  # a longer turn is cut at its quietest recent moment (one decode stays short)
+    max_utterance_s: float = 12.0  # a longer turn is cut at its quietest recent moment (one decode stays short)
     pre_roll_ms: int = 200  # audio kept before speech onset
     gate_dbfs: float = -55.0  # windows quieter than this are non-speech without running the model
 

@@ -185,3 +185,28 @@ def test_model_integrity_is_checked(tmp_path):
     (damaged / "SHA256SUMS").write_text("0" * 64 + "  model.bin\n")
     with pytest.raises(ModelError, match="damaged"):
         resolve_model(str(damaged), tmp_path)
+
+
+async def test_finish_waits_for_every_utterance_even_when_the_vad_lags(engine, monkeypatch):
+    """Regression: finish() once counted as done when the finals cut *so far* were decoded, while the
+    VAD was still scoring the rest of the call: a hang-up under load lost the last utterances."""
+    vad = engine.vad
+    slow = vad._score
+
+    def lagging(work):
+        time.sleep(0.25)  # a busy machine: the VAD thread falls behind the feed (and the decodes)
+        return slow(work)
+
+    monkeypatch.setattr(vad, "_score", lagging)
+    names = ["agent-pass", "auth-thankyou", "agent-loggedoff", "agent-loginok"]
+    parts = []
+    for n in names:
+        parts += [prompt_8k(n), silence(1.0)]
+    audio = to_16k(telephone(np.concatenate(parts)))
+    s = engine.open_session(realtime=False)
+    task = asyncio.create_task(collect(s))
+    for i in range(0, len(audio), 16000):  # fed at once, as a file is
+        s.feed(AudioFrame(audio[i:i + 16000], 16000))
+    await s.finish()
+    finals = [e for e in await task if isinstance(e, Final)]
+    assert len(finals) == len(names), [f.text for f in finals]

@@ -157,8 +157,13 @@ class Endpointer:
         """A turn too long for one decode: end it at its quietest recent window, go on with the rest."""
         lo = self._scored - int(CUT_SEARCH_S * RATE)
         hi = self._scored - int(CUT_MIN_TAIL_S * RATE)
-        candidates = [(p, -pos) for pos, p in self._probs if lo <= pos <= hi]
-        cut = -min(candidates)[1] + WINDOW if candidates else self._scored
+        # The quietest 32 ms (energy), among the windows the VAD liked least: a breath, a gap between words.
+        candidates = []
+        for pos, p in self._probs:
+            if lo <= pos <= hi:
+                w = self._history.view(pos, pos + WINDOW)
+                candidates.append((round(p, 1), float(np.dot(w, w)), -pos))
+        cut = -min(candidates)[2] + WINDOW if candidates else self._scored
         u = self._close(cut, forced=True)
         # The speaker goes on: the rest is the next utterance, from the cut, with no pre-roll.
         self._start = cut

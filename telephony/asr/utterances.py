@@ -115,6 +115,7 @@ class UtteranceSession:
         self._partial_inflight = False
         self._utterance_no = 0  # bumps at each cut: a partial of an older utterance is stale
         self._finishing = False
+        self._cut_all = False
         self._finished = asyncio.Event()
 
     # -- input -------------------------------------------------------------
@@ -131,7 +132,8 @@ class UtteranceSession:
     async def finish(self) -> None:
         if not self._finishing:
             self._finishing = True
-            await self._endpointer.finish()
+            await self._endpointer.finish()  # the last windows scored, the last utterance cut
+            self._cut_all = True
             self._check_done()
         await self._finished.wait()
 
@@ -178,7 +180,8 @@ class UtteranceSession:
         self._check_done()
 
     def _check_done(self) -> None:
-        if self._finishing and self._deliver_seq == self._next_seq and not self._finished.is_set():
+        # Done once every utterance is cut (not merely once those cut so far are decoded).
+        if self._cut_all and self._deliver_seq == self._next_seq and not self._finished.is_set():
             self._finished.set()
             self._events.put_nowait(_END)
 

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 RATE = 16000
 WINDOW = 512  # 32 ms at 16 kHz: Silero v5's window
 CONTEXT = 64  # samples of the previous window Silero v5 prepends to each window
-RESET_AFTER = 8  # gated windows in a row after which a stream's model state restarts
+PER_CYCLE = 31  # windows of one stream scored per inference cycle (a second)
+RESET_AFTER = 31  # a second of gated windows: the stream's model state restarts, as for a new stream
 
 Deliver = Callable[[list[float]], None]
 
@@ -63,6 +64,7 @@ class VadStream:
         self.state = np.zeros((2, 128), dtype=np.float32)
         self.context = np.zeros(CONTEXT, dtype=np.float32)
         self.gated_run = 0
+        self.last_gated: np.ndarray | None = None  # the quiet window before speech resumes: the model hears it
         self.closed = False
 
     def push(self, audio: np.ndarray) -> None:
@@ -78,7 +80,8 @@ class VadStream:
         if gated.all() and not self.in_flight:
             # Nothing in flight: silence is answered here, no thread, no model.
             self.gated_run += n
-            self.context = windows[-1, -CONTEXT:].copy()
+            self.last_gated = windows[-1].copy()
+            self.context = self.last_gated[-CONTEXT:]
             self._deliver([0.0] * n)
             return
         self._vad.enqueue(self, [(windows[i].copy(), bool(gated[i])) for i in range(n)])
@@ -154,10 +157,15 @@ class SharedVad:
                     self._cv.wait()
                 if not self._streams:
                     return
-                work = [(s, list(s.queue)) for s in self._streams]
+                # At most a second of each stream per cycle: a file fed at once does not hold
+                # back the live legs' scores behind its whole backlog.
+                work, rest = [], []
                 for s in self._streams:
-                    s.queue.clear()
-                self._streams = []
+                    take = min(len(s.queue), PER_CYCLE)
+                    work.append((s, [s.queue.popleft() for _ in range(take)]))
+                    if s.queue:
+                        rest.append(s)
+                self._streams = rest
             try:
                 results = self._score(work)
             except Exception:  # a model failure must not silence every leg: score 0, say so once per batch
@@ -173,7 +181,7 @@ class SharedVad:
         probs = [[0.0] * len(ws) for _, ws in work]
         steps = max(len(ws) for _, ws in work)
         for k in range(steps):
-            rows = []
+            rows, resume = [], []
             for i, (s, ws) in enumerate(work):
                 if k >= len(ws):
                     continue
@@ -181,28 +189,43 @@ class SharedVad:
                 self.windows_seen += 1
                 if gated:
                     s.gated_run += 1
+                    s.last_gated = window
                     s.context = window[-CONTEXT:]
                     continue
-                if s.gated_run >= RESET_AFTER:
-                    s.state[:] = 0.0
+                if s.gated_run:
+                    if s.gated_run >= RESET_AFTER:
+                        s.state[:] = 0.0
+                    if s.last_gated is not None:
+                        resume.append((i, s, s.last_gated))
                 s.gated_run = 0
+                s.last_gated = None
                 rows.append((i, s, window))
             if not rows:
                 continue
-            x = np.empty((len(rows), CONTEXT + WINDOW), dtype=np.float32)
-            state = np.empty((2, len(rows), 128), dtype=np.float32)
-            for r, (_, s, window) in enumerate(rows):
-                x[r, :CONTEXT] = s.context
-                x[r, CONTEXT:] = window
-                state[:, r, :] = s.state
-            out, new_state = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
-            self.batches += 1
-            self.windows_scored += len(rows)
-            for r, (i, s, window) in enumerate(rows):
-                s.state[:] = new_state[:, r, :]
-                s.context = window[-CONTEXT:]
+            if resume:
+                # Speech resumes after windows the gate skipped: the model first hears the last quiet
+                # one, so its state knows there was a pause (what it would have seen without the gate).
+                self._step(resume)
+            out = self._step(rows)
+            for r, (i, _s, _w) in enumerate(rows):
                 probs[i][k] = float(out[r, 0])
         return [(s, p) for (s, _), p in zip(work, probs)]
+
+    def _step(self, rows: list[tuple[int, VadStream, np.ndarray]]) -> np.ndarray:
+        """One batched inference: a window per row, each with its stream's context and state."""
+        x = np.empty((len(rows), CONTEXT + WINDOW), dtype=np.float32)
+        state = np.empty((2, len(rows), 128), dtype=np.float32)
+        for r, (_, s, window) in enumerate(rows):
+            x[r, :CONTEXT] = s.context
+            x[r, CONTEXT:] = window
+            state[:, r, :] = s.state
+        out, new_state = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
+        self.batches += 1
+        self.windows_scored += len(rows)
+        for r, (_, s, window) in enumerate(rows):
+            s.state[:] = new_state[:, r, :]
+            s.context = window[-CONTEXT:]
+        return out
 
     def close(self) -> None:
         with self._cv:

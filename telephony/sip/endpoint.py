@@ -169,14 +169,19 @@ class SipEndpoint:
         return SipReject(503, reason, {"Retry-After": str(retry_after or self.settings.retry_after_s)})
 
     # -- App interface (called by the UAS) ----------------------------------
-    async def on_invite(self, req: SipRequest, flow: Flow) -> Answer:
+    def on_invite(self, req: SipRequest, flow: Flow):
+        """A refusal at once (an ``Answer``: sent once, no 100 Trying first), or the coroutine that
+        sets the call up and answers it once it is journalled."""
         try:
             st = self._admit_invite(req, flow)
         except SipReject as r:
             self._count(r.status)
-            log.info("INVITE %s from %s:%d refused: %d %s", req.call_id, *flow.remote, r.status, r.reason)
+            log.debug("INVITE %s from %s:%d refused: %d %s", req.call_id, *flow.remote, r.status, r.reason)
             return Answer(r.status, r.reason, [(k.lower(), v) for k, v in r.headers.items()])
         self.calls.add(st)
+        return self._answer(st)
+
+    async def _answer(self, st: CallState) -> Answer:
         try:
             await self._start_call(st)
         except Exception as exc:

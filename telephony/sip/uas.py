@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Awaitable, Protocol
 
 from .errors import SipReject
 from .message import (
@@ -76,7 +76,8 @@ class Dialog:
 
 
 class App(Protocol):
-    async def on_invite(self, req: SipRequest, flow: Flow) -> Answer: ...
+    def on_invite(self, req: SipRequest, flow: Flow) -> "Answer | Awaitable[Answer]":
+        """A refusal now (an Answer, sent once), or an awaitable of the answer (after a 100 Trying)."""
     def on_cancelled(self, app_state) -> None: ...
     def on_reoffer(self, dialog: Dialog, req: SipRequest) -> Answer: ...
     def on_ack(self, dialog: Dialog, req: SipRequest) -> None: ...
@@ -281,17 +282,21 @@ class UserAgentServer:
         se = self._session_expires(req)
         # RFC 2543 INVITEs may lack Contact: then the From URI is the remote target.
         contact = parse_name_addr((req.values("contact") or [None])[0]) or parse_name_addr(req.get("from"))
+        pending = self.app.on_invite(req, flow)
+        if isinstance(pending, Answer):  # refused on the spot: one response, nothing else
+            self._respond(req, flow, pending.status, pending.reason, extra=pending.headers)
+            return
         # 100 Trying at once: the caller stops retransmitting while the app sets the call up
         # (the call is journalled before we answer it).
         self._respond(req, flow, 100, "Trying")
-        task = asyncio.get_running_loop().create_task(self._answer_invite(req, flow, se, contact),
+        task = asyncio.get_running_loop().create_task(self._answer_invite(req, flow, se, contact, pending),
                                                       name=f"invite-{req.call_id[:32]}")
         self._invites.add(task)
         task.add_done_callback(self._invites.discard)
 
-    async def _answer_invite(self, req: SipRequest, flow: Flow, se: int | None, contact) -> None:
+    async def _answer_invite(self, req: SipRequest, flow: Flow, se: int | None, contact, pending) -> None:
         try:
-            answer = await self.app.on_invite(req, flow)
+            answer = await pending
         except asyncio.CancelledError:
             raise
         except Exception:
