@@ -22,15 +22,9 @@ import dpkt
 import numpy as np
 import pytest
 
-from telephony.ingest import (
-    CallInput,
-    IngestError,
-    PcmLegInput,
-    RtpLegInput,
-    _parse_sip,
-    _party_name,
-    load_call,
-)
+from telephony.ingest import CallInput, IngestError, PcmLegInput, RtpLegInput, load_call
+from telephony.ingest.signalling import party_name, read_sip
+from telephony.media.codecs import CODECS
 from telephony.media.rtp import build_rtp, parse_rtp
 
 from .testdata import vector
@@ -76,7 +70,7 @@ REAL = {
         call_id="12013223@200.57.7.195", readme_total=2884,
     ),
     "wireshark_SIP_DTMF2.pcap": dict(
-        legs=[("2502", "PCMA", 665, {"PCMA": 665}), ("2504", "PCMA", 666, {"PCMA": 631, "dyn96": 35})],
+        legs=[("2502", "PCMA", 665, {"PCMA": 665}), ("2504", "PCMA", 666, {"PCMA": 631, "telephone-event": 35})],
         call_id="25672@192.168.105.110", readme_total=1331,
     ),
     "wireshark_rtp_conversacion.pcap": dict(
@@ -142,6 +136,9 @@ def test_dtmf_events_stay_in_the_leg_but_codec_comes_from_audio():
     leg = loaded("wireshark_SIP_DTMF2.pcap").legs[1]
     pts = [parse_rtp(d).payload_type for _, d in leg.packets]
     assert leg.codec == "PCMA" and pts.count(96) == 35 and pts.count(8) == 631
+    # The SDP (a=rtpmap:96 telephone-event/8000) says what payload type 96 is: the leg reads its key presses.
+    assert leg.payload_types[96] is CODECS["TELEPHONE-EVENT"] and next(iter(leg.payload_types)) == 8
+    assert leg.meta["codecs_from"] == "sdp"
     # Late offer: the caller's SDP is in the ACK, the callee's in the 200 OK.
     assert leg.meta["role"] == "callee" and leg.meta["label_source"] == "sdp-peer"
 
@@ -246,27 +243,46 @@ def test_rfc4475_torture_messages_do_not_break_capture_reading(tmp_path):
     assert call.meta["call_id"] == "N2E5MDkwN2RjYzAwZTA1OTc0YTI3N2QzMjU5ZmYzNTI."
 
 
-# Real INVITEs: (file, Call-ID, caller name, callee name, SDP audio receive addresses).
+TE = "telephone-event"
+# Real INVITEs: (file, Call-ID, caller name, callee name, SDP audio: receive address and the
+# payload types the codec table knows, read from each file's m= and a=rtpmap lines).
 INVITES = [
-    ("asterisk_1.6.0.6_invite.sip", "ZDYzOWVlNjEwM2NjZTBjNzliNmM1ZTNiOGZjNWFhN2E.", "philippec1", "Philippec2", [("192.168.10.2", 18874)]),
-    ("audiocodes_mediant1000_invite_compact_headers.sip", "619455480112200022407@10.1.10.101", "anonymous", "5753606", [("10.1.10.101", 6010)]),
-    ("ekiga_3.2.0_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "sam netmon", "echo", [("178.45.73.241", 5092)]),
-    ("linksys_spa2102_invite.sip", "738c6ff4-3bef5da0@10.10.10.211", "CISO_WX", "768111", [("10.10.10.211", 16422)]),
-    ("microsip_3.19.22_invite.sip", "17324d6df8744d978008c8997bfd208d", "aaron", "2", [("192.168.11.50", 4032)]),
+    ("asterisk_1.6.0.6_invite.sip", "ZDYzOWVlNjEwM2NjZTBjNzliNmM1ZTNiOGZjNWFhN2E.", "philippec1", "Philippec2",
+     [("192.168.10.2", 18874, {0: "PCMU", 8: "PCMA", 101: TE})]),
+    ("audiocodes_mediant1000_invite_compact_headers.sip", "619455480112200022407@10.1.10.101", "anonymous", "5753606",
+     [("10.1.10.101", 6010, {0: "PCMU"})]),
+    # NSE/8000 is no codec of ours; the video m= line is not audio.
+    ("ekiga_3.2.0_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "sam netmon", "echo",
+     [("178.45.73.241", 5092, {8: "PCMA", 101: TE})]),
+    ("linksys_spa2102_invite.sip", "738c6ff4-3bef5da0@10.10.10.211", "CISO_WX", "768111",
+     [("10.10.10.211", 16422, {0: "PCMU", 8: "PCMA", 101: TE})]),
     ("nec_philips_ipdect_gw_invite_no_sdp.sip", "5514@192.168.105.110", "2502", "2504", []),
-    ("sems_1.1.1_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "echo", "sam netmon", [("213.192.59.78", 28510)]),
-    ("ta612v_ata_invite.sip", "94b6e3f8-c0a83dfe-13c4-26bf01-975a21ce-52c@sip.domain.com", "UNAVAILABLE", "1234", [("88.8.88.88", 10000)]),
+    ("sems_1.1.1_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "echo", "sam netmon",
+     [("213.192.59.78", 28510, {8: "PCMA", 101: TE})]),
+    # Maps 101 twice, the second time to G726-24: the last a=rtpmap wins, and G.726 is no codec of ours.
+    ("ta612v_ata_invite.sip", "94b6e3f8-c0a83dfe-13c4-26bf01-975a21ce-52c@sip.domain.com", "UNAVAILABLE", "1234",
+     [("88.8.88.88", 10000, {0: "PCMU", 8: "PCMA"})]),
+    # BV32/16000 is no codec of ours.
+    ("xlite_1104o_invite.sip", "N2E5MDkwN2RjYzAwZTA1OTc0YTI3N2QzMjU5ZmYzNTI.", "Gonzalo", "101",
+     [("192.168.1.64", 35112, {0: "PCMU", 8: "PCMA", 101: TE})]),
     ("zyxel_p2302r_invite.sip", "738c6ff4-3bef5da0@10.10.10.211", "768111", "CISO_WX", []),  # T.38 only
 ]
 
 
 @pytest.mark.parametrize("name,call_id,caller,callee,audio", INVITES, ids=[i[0] for i in INVITES])
 def test_sip_fields_from_real_invites(name, call_id, caller, callee, audio):
-    msg = _parse_sip(0.0, ("0.0.0.0", 5060), ("0.0.0.0", 5060), (TESTDATA / "sip_invites" / name).read_bytes())
+    msg = read_sip(0.0, (TESTDATA / "sip_invites" / name).read_bytes())
     assert msg is not None and msg.is_request and msg.method == "INVITE"
     assert msg.call_id == call_id
-    assert (_party_name(msg.from_hdr), _party_name(msg.to_hdr)) == (caller, callee)
-    assert msg.sdp_audio == audio
+    assert (party_name(msg.from_hdr), party_name(msg.to_hdr)) == (caller, callee)
+    assert [(a.ip, a.port, {pt: c.name for pt, c in a.payload_types.items()}) for a in msg.audio] == audio
+
+
+def test_a_message_the_sip_parser_refuses_is_skipped():
+    # Its Content-Length (343) promises more body than the message holds: RFC 3261 18.3 says discard.
+    data = (TESTDATA / "sip_invites" / "microsip_3.19.22_invite.sip").read_bytes()
+    assert b"Content-Length: 343" in data and len(data.split(b"\r\n\r\n", 1)[1]) < 343 - 2
+    assert read_sip(0.0, data) is None
 
 
 # --------------------------------------------------------------------------- bad captures
@@ -336,7 +352,8 @@ def test_capture_with_only_g729_names_the_payload_type(tmp_path):
         if p[:1] == b"\x80":
             p = p[:1] + bytes([(p[1] & 0x80) | 18]) + p[2:]  # relabel PCMU as G.729
         frames.append((ts, s, sp, d, dp, p))
-    with pytest.raises(IngestError, match=r"payload type 18 \(G729\); supported: 0 \(PCMU\), 8 \(PCMA\)$"):
+    with pytest.raises(IngestError, match=r"payload type 18 \(G729\); supported: 0 \(PCMU\), 8 \(PCMA\), 9 \(G722\), "
+                                          r"or PCMU/PCMA/G722/opus by a=rtpmap in the capture's SDP$"):
         load_call(write_capture(tmp_path / "g729.pcap", frames, encap=eth))
     # Next to a supported stream, the G.729 one is left out and said so.
     mixed = [f if f[2] != 35112 else f[:5] + (f[5][:1] + bytes([0]) + f[5][2:],) for f in frames]
