@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 
-from .calls import payload_types_for
 from .config import Settings
 from .ingest import CallInput, PcmLegInput, RtpLegInput
 from .media.leg import MediaLeg, play_capture
@@ -44,7 +43,7 @@ class CallResult:
 
 def _rtp_audio(leg: RtpLegInput, settings: Settings, duration_s: float, rate: int | None):
     """Yield AudioFrames of ~FEED_S, ticking the jitter buffer on capture time."""
-    media = MediaLeg(payload_types_for(leg.codec), rate, settings.media)
+    media = MediaLeg(leg.payload_types, rate, settings.media)
     block: list[np.ndarray] = []
     for frame in play_capture(media, leg.packets, duration_s):
         block.append(frame.samples)

@@ -48,7 +48,7 @@ async def replay_file(path: str, settings: Settings, speed: float = 1.0, out=sys
         legs = []
         for leg_in in call_input.legs:
             if isinstance(leg_in, RtpLegInput):
-                legs.append((call.add_leg(speaker=leg_in.label, codec=leg_in.codec, meta=leg_in.meta), leg_in.packets))
+                legs.append((call.add_leg(speaker=leg_in.label, payload_types=leg_in.payload_types, meta=leg_in.meta), leg_in.packets))
             else:
                 codec, packets = packetize(leg_in)
                 legs.append((call.add_leg(speaker=leg_in.label, codec=codec), packets))

@@ -22,15 +22,9 @@ import dpkt
 import numpy as np
 import pytest
 
-from telephony.ingest import (
-    CallInput,
-    IngestError,
-    PcmLegInput,
-    RtpLegInput,
-    _parse_sip,
-    _party_name,
-    load_call,
-)
+from telephony.ingest import CallInput, IngestError, PcmLegInput, RtpLegInput, load_call
+from telephony.ingest.signalling import party_name, read_sip
+from telephony.media.codecs import CODECS
 from telephony.media.rtp import build_rtp, parse_rtp
 
 from .testdata import vector
@@ -76,7 +70,7 @@ REAL = {
         call_id="12013223@200.57.7.195", readme_total=2884,
     ),
     "wireshark_SIP_DTMF2.pcap": dict(
-        legs=[("2502", "PCMA", 665, {"PCMA": 665}), ("2504", "PCMA", 666, {"PCMA": 631, "dyn96": 35})],
+        legs=[("2502", "PCMA", 665, {"PCMA": 665}), ("2504", "PCMA", 666, {"PCMA": 631, "telephone-event": 35})],
         call_id="25672@192.168.105.110", readme_total=1331,
     ),
     "wireshark_rtp_conversacion.pcap": dict(
@@ -142,6 +136,9 @@ def test_dtmf_events_stay_in_the_leg_but_codec_comes_from_audio():
     leg = loaded("wireshark_SIP_DTMF2.pcap").legs[1]
     pts = [parse_rtp(d).payload_type for _, d in leg.packets]
     assert leg.codec == "PCMA" and pts.count(96) == 35 and pts.count(8) == 631
+    # The SDP (a=rtpmap:96 telephone-event/8000) says what payload type 96 is: the leg reads its key presses.
+    assert leg.payload_types[96] is CODECS["TELEPHONE-EVENT"] and next(iter(leg.payload_types)) == 8
+    assert leg.meta["codecs_from"] == "sdp"
     # Late offer: the caller's SDP is in the ACK, the callee's in the 200 OK.
     assert leg.meta["role"] == "callee" and leg.meta["label_source"] == "sdp-peer"
 
@@ -246,27 +243,46 @@ def test_rfc4475_torture_messages_do_not_break_capture_reading(tmp_path):
     assert call.meta["call_id"] == "N2E5MDkwN2RjYzAwZTA1OTc0YTI3N2QzMjU5ZmYzNTI."
 
 
-# Real INVITEs: (file, Call-ID, caller name, callee name, SDP audio receive addresses).
+TE = "telephone-event"
+# Real INVITEs: (file, Call-ID, caller name, callee name, SDP audio: receive address and the
+# payload types the codec table knows, read from each file's m= and a=rtpmap lines).
 INVITES = [
-    ("asterisk_1.6.0.6_invite.sip", "ZDYzOWVlNjEwM2NjZTBjNzliNmM1ZTNiOGZjNWFhN2E.", "philippec1", "Philippec2", [("192.168.10.2", 18874)]),
-    ("audiocodes_mediant1000_invite_compact_headers.sip", "619455480112200022407@10.1.10.101", "anonymous", "5753606", [("10.1.10.101", 6010)]),
-    ("ekiga_3.2.0_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "sam netmon", "echo", [("178.45.73.241", 5092)]),
-    ("linksys_spa2102_invite.sip", "738c6ff4-3bef5da0@10.10.10.211", "CISO_WX", "768111", [("10.10.10.211", 16422)]),
-    ("microsip_3.19.22_invite.sip", "17324d6df8744d978008c8997bfd208d", "aaron", "2", [("192.168.11.50", 4032)]),
+    ("asterisk_1.6.0.6_invite.sip", "ZDYzOWVlNjEwM2NjZTBjNzliNmM1ZTNiOGZjNWFhN2E.", "philippec1", "Philippec2",
+     [("192.168.10.2", 18874, {0: "PCMU", 8: "PCMA", 101: TE})]),
+    ("audiocodes_mediant1000_invite_compact_headers.sip", "619455480112200022407@10.1.10.101", "anonymous", "5753606",
+     [("10.1.10.101", 6010, {0: "PCMU"})]),
+    # NSE/8000 is no codec of ours; the video m= line is not audio.
+    ("ekiga_3.2.0_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "sam netmon", "echo",
+     [("178.45.73.241", 5092, {8: "PCMA", 101: TE})]),
+    ("linksys_spa2102_invite.sip", "738c6ff4-3bef5da0@10.10.10.211", "CISO_WX", "768111",
+     [("10.10.10.211", 16422, {0: "PCMU", 8: "PCMA", 101: TE})]),
     ("nec_philips_ipdect_gw_invite_no_sdp.sip", "5514@192.168.105.110", "2502", "2504", []),
-    ("sems_1.1.1_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "echo", "sam netmon", [("213.192.59.78", 28510)]),
-    ("ta612v_ata_invite.sip", "94b6e3f8-c0a83dfe-13c4-26bf01-975a21ce-52c@sip.domain.com", "UNAVAILABLE", "1234", [("88.8.88.88", 10000)]),
+    ("sems_1.1.1_invite.sip", "2091060b-146f-e011-809a-0019cb53db77@admind-desktop", "echo", "sam netmon",
+     [("213.192.59.78", 28510, {8: "PCMA", 101: TE})]),
+    # Maps 101 twice, the second time to G726-24: the last a=rtpmap wins, and G.726 is no codec of ours.
+    ("ta612v_ata_invite.sip", "94b6e3f8-c0a83dfe-13c4-26bf01-975a21ce-52c@sip.domain.com", "UNAVAILABLE", "1234",
+     [("88.8.88.88", 10000, {0: "PCMU", 8: "PCMA"})]),
+    # BV32/16000 is no codec of ours.
+    ("xlite_1104o_invite.sip", "N2E5MDkwN2RjYzAwZTA1OTc0YTI3N2QzMjU5ZmYzNTI.", "Gonzalo", "101",
+     [("192.168.1.64", 35112, {0: "PCMU", 8: "PCMA", 101: TE})]),
     ("zyxel_p2302r_invite.sip", "738c6ff4-3bef5da0@10.10.10.211", "768111", "CISO_WX", []),  # T.38 only
 ]
 
 
 @pytest.mark.parametrize("name,call_id,caller,callee,audio", INVITES, ids=[i[0] for i in INVITES])
 def test_sip_fields_from_real_invites(name, call_id, caller, callee, audio):
-    msg = _parse_sip(0.0, ("0.0.0.0", 5060), ("0.0.0.0", 5060), (TESTDATA / "sip_invites" / name).read_bytes())
+    msg = read_sip(0.0, (TESTDATA / "sip_invites" / name).read_bytes())
     assert msg is not None and msg.is_request and msg.method == "INVITE"
     assert msg.call_id == call_id
-    assert (_party_name(msg.from_hdr), _party_name(msg.to_hdr)) == (caller, callee)
-    assert msg.sdp_audio == audio
+    assert (party_name(msg.from_hdr), party_name(msg.to_hdr)) == (caller, callee)
+    assert [(a.ip, a.port, {pt: c.name for pt, c in a.payload_types.items()}) for a in msg.audio] == audio
+
+
+def test_a_message_the_sip_parser_refuses_is_skipped():
+    # Its Content-Length (343) promises more body than the message holds: RFC 3261 18.3 says discard.
+    data = (TESTDATA / "sip_invites" / "microsip_3.19.22_invite.sip").read_bytes()
+    assert b"Content-Length: 343" in data and len(data.split(b"\r\n\r\n", 1)[1]) < 343 - 2
+    assert read_sip(0.0, data) is None
 
 
 # --------------------------------------------------------------------------- bad captures
@@ -336,7 +352,8 @@ def test_capture_with_only_g729_names_the_payload_type(tmp_path):
         if p[:1] == b"\x80":
             p = p[:1] + bytes([(p[1] & 0x80) | 18]) + p[2:]  # relabel PCMU as G.729
         frames.append((ts, s, sp, d, dp, p))
-    with pytest.raises(IngestError, match=r"payload type 18 \(G729\); supported: 0 \(PCMU\), 8 \(PCMA\)$"):
+    with pytest.raises(IngestError, match=r"payload type 18 \(G729\); supported: 0 \(PCMU\), 8 \(PCMA\), 9 \(G722\), "
+                                          r"or PCMU/PCMA/G722/opus by a=rtpmap in the capture's SDP$"):
         load_call(write_capture(tmp_path / "g729.pcap", frames, encap=eth))
     # Next to a supported stream, the G.729 one is left out and said so.
     mixed = [f if f[2] != 35112 else f[:5] + (f[5][:1] + bytes([0]) + f[5][2:],) for f in frames]
@@ -604,3 +621,163 @@ def test_missing_file_and_directory(tmp_path):
     with pytest.raises(IngestError, match="is a directory"):
         load_call(tmp_path)
     assert issubclass(IngestError, ValueError)
+
+
+# --------------------------------------------------------------------------- negotiated codecs
+
+# A two-party call written as a phone and a PBX would put it on the wire: INVITE and 200 OK
+# carrying the SDP, then one RTP stream each way. The speech is real: Debian's Asterisk prompts
+# as shipped in wideband G.722 (asterisk-core-sounds-en-g722), sent as is or re-encoded to Opus.
+ALICE, BOB = ("10.1.1.10", 40000), ("10.2.2.20", 50000)
+SAYS = {"caller": "agent-pass", "callee": "conf-onlyperson"}
+
+
+def g722_prompt(name: str) -> bytes:
+    path = SOUNDS / f"{name}.g722"
+    if not path.is_file():
+        pytest.fail(f"{path} missing: apt-get install asterisk-core-sounds-en-g722", pytrace=False)
+    data = path.read_bytes()
+    return data[: len(data) - len(data) % 160]  # whole 20 ms packets (G.722: 8 bits per 16 kHz sample pair)
+
+
+def payloads(name: str, codec: str) -> list[bytes]:
+    g722 = g722_prompt(name)
+    if codec == "G722":
+        return [g722[i:i + 160] for i in range(0, len(g722), 160)]
+    return CODECS[codec.upper()].packetize(CODECS["G722"].decoder().decode(g722))  # 16 kHz speech, re-encoded
+
+
+def sdp(addr, fmts: dict[int, str]) -> bytes:
+    ip, port = addr
+    lines = ["v=0", f"o=- 4711 1 IN IP4 {ip}", "s=-", f"c=IN IP4 {ip}", "t=0 0",
+             f"m=audio {port} RTP/AVP {' '.join(map(str, fmts))}"]
+    lines += [f"a=rtpmap:{pt} {enc}" for pt, enc in fmts.items()] + ["a=ptime:20", "a=sendrecv"]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def sip(start: str, headers: list[str], body: bytes = b"") -> bytes:
+    if body:
+        headers = headers + ["Content-Type: application/sdp"]
+    return ("\r\n".join([start, *headers, f"Content-Length: {len(body)}", "", ""])).encode() + body
+
+
+def invite_and_answer(offer: bytes, answer: bytes) -> list[tuple[str, int, str, int, bytes]]:
+    dialog = ['From: "Alice Smith" <sip:alice@example.com>;tag=a73kszlfl', "To: <sip:bob@example.com>",
+              "Call-ID: wideband-1@10.1.1.10", "CSeq: 1 INVITE"]
+    via = "Via: SIP/2.0/UDP 10.1.1.10:5060;branch=z9hG4bK776asdhds"
+    inv = sip("INVITE sip:bob@example.com SIP/2.0",
+              [via, "Max-Forwards: 70", *dialog, "Contact: <sip:alice@10.1.1.10:5060>"], offer)
+    ok = sip("SIP/2.0 200 OK", [via, *[h + ";tag=8321234356" if h.startswith("To:") else h for h in dialog],
+                                "Contact: <sip:bob@10.2.2.20:5060>"], answer)
+    return [("10.1.1.10", 5060, "10.2.2.20", 5060, inv), ("10.2.2.20", 5060, "10.1.1.10", 5060, ok)]
+
+
+def wideband_capture(path: Path, codec: str, pt: int, offer: dict, answer: dict, signalling=True) -> Path:
+    """Alice speaks, then Bob: each a prompt in ``codec`` under payload type ``pt``."""
+    step = CODECS[codec.upper()].clock_rate // 50
+    t = 1000.0
+    frames = [(t + i * 0.1, *m) for i, m in enumerate(invite_and_answer(sdp(ALICE, offer), sdp(BOB, answer)))]
+    t += 0.5
+    for role, src, dst, ssrc in (("caller", ALICE, BOB, 0x0A11CE), ("callee", BOB, ALICE, 0x0B0B)):
+        for n, p in enumerate(payloads(SAYS[role], codec)):
+            frames.append((t + n * 0.02, *src, *dst, build_rtp(pt, n, 1000 + n * step, ssrc, p, marker=n == 0)))
+        t += n * 0.02 + 0.5
+    return write_capture(path, frames if signalling else [f for f in frames if f[2] != 5060], encap=eth)
+
+
+WIDEBAND = {
+    # G.722 under its static payload type, as most desk phones offer it.
+    "g722": ("G722", 9, {9: "G722/8000", 0: "PCMU/8000", 101: "telephone-event/8000"},
+             {9: "G722/8000", 101: "telephone-event/8000"}),
+    # Opus exists only under a dynamic payload type: without the SDP, 111 means nothing.
+    "opus": ("opus", 111, {111: "opus/48000/2", 0: "PCMU/8000", 101: "telephone-event/48000"},
+             {111: "opus/48000/2", 101: "telephone-event/48000"}),
+}
+
+
+def decoded(leg: RtpLegInput) -> tuple[np.ndarray, int]:
+    """The leg through the same MediaLeg a batch transcription uses: its samples and rate."""
+    from telephony.media.leg import MediaLeg, play_capture
+
+    media = MediaLeg(leg.payload_types)
+    end = leg.packets[-1][0] + 0.5
+    out = np.concatenate([f.samples for f in play_capture(media, leg.packets, end)])
+    assert media.stats()["lost"] == 0 and media.stats()["decode_errors"] == 0
+    return np.round(out * 32768).astype(np.int32), media.rate
+
+
+@pytest.mark.parametrize("kind", sorted(WIDEBAND))
+def test_capture_legs_take_the_codec_the_sdp_negotiated(tmp_path, kind):
+    codec, pt, offer, answer = WIDEBAND[kind]
+    call = load_call(wideband_capture(tmp_path / f"{kind}.pcap", codec, pt, offer, answer))
+    assert [(leg.label, leg.codec, leg.meta["role"]) for leg in call.legs] == [
+        ("Alice Smith", codec, "caller"), ("bob", codec, "callee")]
+    assert call.meta["call_id"] == "wideband-1@10.1.1.10" and call.meta["from"] == '"Alice Smith" <sip:alice@example.com>'
+    for leg in call.legs:
+        sent = payloads(SAYS[leg.meta["role"]], codec)
+        assert leg.payload_types[pt] is CODECS[codec.upper()] and next(iter(leg.payload_types)) == pt
+        assert leg.payload_types[101].name == "telephone-event"  # key presses would be read too
+        assert leg.meta["codecs_from"] == "sdp" and leg.meta["payload_types"] == {codec: len(sent)}
+        assert leg.meta["duration_ms"] == len(sent) * 20  # each packet's audio counted by the codec's clock
+        # The leg decodes to exactly what the codec's own decoder makes of the payloads sent.
+        dec = CODECS[codec.upper()].decoder()
+        want = np.frombuffer(b"".join(dec.decode(p) for p in sent), "<i2").astype(np.int32)
+        got, rate = decoded(leg)
+        assert rate == 16000
+        start = leg.meta["start_ms"] * rate // 1000
+        hits = [o for o in range(start, start + rate // 2, rate // 50)
+                if len(got) >= o + len(want) and np.abs(got[o:o + len(want)] - want).max() <= 1]
+        assert hits, "decoded speech not found in the leg's audio"
+    assert call.duration_ms == call.legs[1].meta["start_ms"] + call.legs[1].meta["duration_ms"]
+
+
+def test_without_signalling_static_payload_types_still_read(tmp_path):
+    codec, pt, offer, answer = WIDEBAND["g722"]
+    call = load_call(wideband_capture(tmp_path / "g722.pcap", codec, pt, offer, answer, signalling=False))
+    assert [(leg.label, leg.codec) for leg in call.legs] == [("ssrc 0x000a11ce", "G722"), ("ssrc 0x00000b0b", "G722")]
+    assert all(leg.meta["codecs_from"] == "static payload types" and leg.payload_types == {9: CODECS["G722"]}
+               for leg in call.legs)
+    codec, pt, offer, answer = WIDEBAND["opus"]
+    with pytest.raises(IngestError, match=r"opus\.pcap: no supported RTP audio: streams carry payload type 111 \(dyn111\)"):
+        load_call(wideband_capture(tmp_path / "opus.pcap", codec, pt, offer, answer, signalling=False))
+
+
+def test_a_payload_type_the_sdp_maps_to_an_unknown_codec_is_named_by_it(tmp_path):
+    # BV32 (as X-Lite offers it) under 107: the stream is left out and named by its a=rtpmap.
+    codec, pt, offer, answer = WIDEBAND["opus"]
+    offer, answer = {107: "BV32/16000", 0: "PCMU/8000"}, {107: "BV32/16000"}
+    with pytest.raises(IngestError, match=r"payload type 111 \(dyn111\)"):
+        load_call(wideband_capture(tmp_path / "x.pcap", codec, pt, offer, answer))
+    with pytest.raises(IngestError, match=r"streams carry payload type 107 \(BV32\); supported"):
+        load_call(wideband_capture(tmp_path / "bv32.pcap", codec, 107, offer, answer))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from telephony.asr import create_engine
+    from telephony.config import Settings
+
+    e = create_engine(Settings())
+    yield e
+    e.scheduler.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(WIDEBAND))
+async def test_wideband_capture_is_transcribed(tmp_path, engine, kind):
+    from telephony.batch import transcribe_call
+    from telephony.bench.accuracy import wer
+    from telephony.bench.sinks import CollectingSink
+    from telephony.config import Settings
+
+    from .speech import prompt_text
+
+    codec, pt, offer, answer = WIDEBAND[kind]
+    call = load_call(wideband_capture(tmp_path / f"{kind}.pcap", codec, pt, offer, answer))
+    result = await transcribe_call(call, Settings(), engine, CollectingSink())
+    for leg_in, leg in zip(call.legs, result.legs):
+        assert (leg.record.speaker, leg.record.codec) == (leg_in.label, codec)
+        assert leg.stats["received"] == len(leg_in.packets) and leg.stats["decode_errors"] == 0
+        text = " ".join(u.text for u in leg.utterances)
+        # Measured here: 0 % on both prompts (9 words each); one wrong word passes, two fail.
+        assert wer([prompt_text(SAYS[leg_in.meta["role"]])], [text]) <= 0.12, text

@@ -119,6 +119,7 @@ async def bench_wer(settings: Settings, n_prompts: int) -> dict:
     from ..batch import transcribe_call
     from .sinks import CollectingSink
     from ..ingest import CallInput, RtpLegInput
+    from ..media.codecs import CODECS
 
     prompts = asterisk_prompts(limit=n_prompts)
     engine = create_engine(settings)
@@ -132,7 +133,8 @@ async def bench_wer(settings: Settings, n_prompts: int) -> dict:
             pcm = np.concatenate([_pcm8k(path), np.zeros(4000, np.int16)])
             packets = [(n * 0.02, d) for n, d in enumerate(_rtp_stream(pcm))]
             call = CallInput(path=str(path), kind="pcap", meta={}, duration_ms=len(packets) * 20,
-                             legs=[RtpLegInput(label="prompt", codec="PCMU", packets=packets, ssrc=0xBE7C4, meta={})])
+                             legs=[RtpLegInput(label="prompt", payload_types={0: CODECS["PCMU"]}, packets=packets,
+                                                    ssrc=0xBE7C4, meta={})])
             async with sem:
                 r = await transcribe_call(call, settings, engine, CollectingSink(keep=False))
             results[i] = " ".join(u.text for u in r.utterances())

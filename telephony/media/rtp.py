@@ -8,9 +8,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-# Static payload types (RFC 3551) that we decode, with their clock rates.
-PAYLOAD_TYPES = {0: ("PCMU", 8000), 8: ("PCMA", 8000), 9: ("G722", 8000)}
-
 _HEADER = struct.Struct("!BBHII")
 
 
