@@ -199,8 +199,8 @@ async def test_backlog_after_a_stall_drains_no_faster_than_real_time(fake):
 async def test_unreachable_service_falls_back_to_the_embedded_engine(fake):
     audio = leg(THREE)
     b_start, b_end, _ = audio.spans[1]
-    fake.faults.drop_at_audio_s[0] = b_start + 0.3  # the service goes away during the second prompt …
-    fake.faults.handshake_statuses = [503] * 100  # … and stays away
+    fake.faults.drop_at_audio_s[0] = b_end - 0.5  # the service goes away during the second prompt …
+    fake.faults.down_after_drop = 503  # … and stays away
     settings = streaming_settings("deepgram", fake.url, fake.api_key, fallback_after_s=1.0)
     engine = create_engine(settings, fallback=decoder_engine())
     run = await run_leg(engine, audio)

@@ -16,7 +16,10 @@ does the rest, the same way for every service:
   session's first send, the audio sent so far (replays included) stays
   ≤ (now − t0) + one chunk. A backlog (after a stall or a reconnect) drains as
   fast as that allows, never faster: services reject audio sent faster than
-  real time (AssemblyAI closes with 3007, Google with OUT_OF_RANGE).
+  real time (AssemblyAI closes with 3007, Google with OUT_OF_RANGE). Each
+  reconnect costs the resent audio in lag for the rest of the leg, since
+  every byte sent counts. A vendor that rate-checks each connection
+  (AssemblyAI) also has each connection paced from its own first send.
 - **Replay buffer.** The last ``[asr] buffer_s`` seconds of the leg (default
   30) are kept. **Replay rule:** a new connection starts at the end of the
   last *stable* result, i.e. the end of the audio the service has finalised
@@ -211,6 +214,7 @@ class StreamingEngine:
     min_chunk_ms = 20
     max_chunk_ms = 1000
     min_message_ms = 0  # a shorter last message is padded with silence (AssemblyAI takes 50..1000 ms)
+    pace_per_connection = False  # also pace each connection from its own first send (a service that rate-checks each)
     max_connection_s: float | None = None  # planned roll-over before a per-connection limit
 
     def __init__(self, asr, *, fallback=None, owns_fallback: bool = False):
@@ -580,6 +584,8 @@ class StreamingSession:
         rate = self.fmt.rate
         chunk = self._chunk
         limit = self.engine.max_connection_s
+        conn_first: float | None = None
+        conn_sent = 0
         while True:
             if self._finishing and self._sent >= self._buf.end:
                 await conn.finalize()
@@ -595,7 +601,11 @@ class StreamingSession:
                 now = time.monotonic()
                 if self._t_first_send is None:
                     self._t_first_send = now
+                if conn_first is None:
+                    conn_first = now
                 budget = (now - self._t_first_send) * rate + chunk - self._total_sent
+                if self.engine.pace_per_connection:
+                    budget = min(budget, (now - conn_first) * rate + chunk - conn_sent)
                 if n > budget:
                     await asyncio.sleep((n - budget) / rate)
                     continue
@@ -608,6 +618,7 @@ class StreamingSession:
                 await conn.send_audio(data)
                 self._sent += n
                 self._total_sent += len(data) // self.fmt.width
+                conn_sent += len(data) // self.fmt.width
                 record["sent"] += n
                 self._last_send = time.monotonic()
                 continue

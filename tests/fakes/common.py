@@ -48,6 +48,7 @@ class Faults:
     handshake_statuses: list[int] = field(default_factory=list)  # answer the next handshakes with these HTTP statuses
     retry_after: str | None = None  # Retry-After header on those answers
     drop_at_audio_s: dict[int, float] = field(default_factory=dict)  # connection index -> cut the TCP connection there
+    down_after_drop: int | None = None  # after a drop, answer every handshake with this HTTP status (an outage)
     result_delay_s: float = 0.0  # a slow server: every message leaves this much later
     out_of_order: bool = False  # resend an older interim after a newer one, and a stale one after each final
     idle_close_s: float = 10.0  # no audio or keep-alive this long: the server closes (Deepgram NET-0001)

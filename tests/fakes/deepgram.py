@@ -144,6 +144,8 @@ class _Session:
                 self.recognizer.feed(msg.data)
                 if drop_at is not None and self.conn.audio_s >= drop_at:
                     self.conn.closed = "dropped"
+                    if self.faults.down_after_drop:
+                        self.faults.handshake_statuses = [self.faults.down_after_drop] * 1000
                     self.request.transport.abort()  # a network failure: no close frame
                     return
             elif msg.type == WSMsgType.TEXT:
