@@ -127,7 +127,7 @@ async def test_refused_key_fails_fast_once_with_no_retry_storm(fake, caplog):
     for run in runs:
         assert run.events == [] and "credentials refused" in run.session.error and "401" in run.session.error
         assert run.finish_s < 1.0
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("telephony")]
     assert len(errors) == 1 and "api_key" in errors[0].getMessage() and "wrong-key" not in caplog.text
     assert time.monotonic() - t0 < audio.pcm.size / 8000 + 3
     assert AUTH_RETRY_S >= 30

@@ -131,9 +131,10 @@ class _Session:
         try:
             await self._read()
         finally:
+            self.recognizer.abort()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, self.recognizer._forward, return_exceptions=True)
 
     async def post(self, message: dict) -> None:
         await self.outbox.put((time.monotonic() + self.faults.result_delay_s, message))

@@ -142,6 +142,10 @@ class Recognizer:
     async def close(self) -> None:
         await self._close_session()
 
+    def abort(self) -> None:
+        """The connection is gone: stop forwarding (the open decoder session is left to the collector)."""
+        self._forward.cancel()
+
 
 class ServerThread:
     """An asyncio loop of its own in a daemon thread, for a fake server."""

@@ -129,9 +129,10 @@ class _Session:
         try:
             await self._read()
         finally:
+            self.recognizer.abort()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, self.recognizer._forward, return_exceptions=True)
 
     async def _read(self) -> None:
         drop_at = self.faults.drop_at_audio_s.get(self.conn.index)
