@@ -135,7 +135,8 @@ class Connection(Protocol):
 
     async def send_audio(self, data: bytes) -> None: ...
 
-    async def keepalive(self) -> None: ...
+    async def keepalive(self) -> bool | None:
+        """Keep an idle connection open; False: the protocol has no way, so the session closes it cleanly."""
 
     async def finalize(self) -> None:
         """Ask for the finals of everything sent, then a clean close."""
@@ -402,6 +403,11 @@ class StreamingSession:
             while self.fmt is not None and self._fallback is None:
                 if self._finishing and self.committed >= self._buf.end and not self._pending:
                     break
+                if not self._finishing and self._buf.end <= self.committed:
+                    # Nothing to send (an idle connection was closed): open the next one when audio comes.
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
                 conn = await self._connect()
                 if conn is None:
                     break
@@ -624,7 +630,9 @@ class StreamingSession:
                 continue
             idle = time.monotonic() - self._last_send
             if idle >= self.engine.asr.keepalive_s:
-                await conn.keepalive()
+                if await conn.keepalive() is False:
+                    await conn.finalize()
+                    return "idle"
                 self._last_send = time.monotonic()
                 continue
             self._wakeup.clear()
