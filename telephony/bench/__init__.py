@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .accuracy import asterisk_prompts, wer
-from .config import Settings
+from ..accuracy import asterisk_prompts, wer
+from ..config import Settings
 
 
 def _pcm8k(path) -> np.ndarray:
@@ -33,8 +33,8 @@ def _pcm8k(path) -> np.ndarray:
 
 
 def _rtp_stream(pcm8k: np.ndarray, ssrc: int = 0xBE7C4) -> list[bytes]:
-    from .g711 import encode
-    from .rtp import build_rtp
+    from ..g711 import encode
+    from ..rtp import build_rtp
 
     ulaw = encode(pcm8k.astype("<i2").tobytes(), "PCMU")
     return [build_rtp(0, n, n * 160, ssrc, ulaw[i:i + 160]) for n, i in enumerate(range(0, len(ulaw) - 159, 160))]
@@ -43,8 +43,8 @@ def _rtp_stream(pcm8k: np.ndarray, ssrc: int = 0xBE7C4) -> list[bytes]:
 # -- pipeline ---------------------------------------------------------------
 
 def bench_pipeline(settings: Settings, frames: int = 15000) -> dict:
-    from .leg import MediaLeg, play_capture
-    from .vad import Endpointer
+    from ..leg import MediaLeg, play_capture
+    from ..vad import Endpointer
 
     prompts = asterisk_prompts(limit=20)
     pcm = np.concatenate([_pcm8k(p) for p, _ in prompts])
@@ -53,7 +53,7 @@ def bench_pipeline(settings: Settings, frames: int = 15000) -> dict:
         packets += packets
     packets = packets[:frames]
     # Re-number so the stream is continuous; 1 % loss and some reordering, like a real network.
-    from .rtp import build_rtp, parse_rtp
+    from ..rtp import build_rtp, parse_rtp
 
     rng = random.Random(5)
     stream = []
@@ -97,9 +97,9 @@ class _NullSink:
 
 
 async def bench_wer(settings: Settings, n_prompts: int) -> dict:
-    from .asr import create_engine
-    from .batch import transcribe_call
-    from .ingest import CallInput, RtpLegInput
+    from ..asr import create_engine
+    from ..batch import transcribe_call
+    from ..ingest import CallInput, RtpLegInput
 
     prompts = asterisk_prompts(limit=n_prompts)
     engine = create_engine(settings)
@@ -168,9 +168,9 @@ def _script(prompts, duration: float, rng: random.Random) -> _Script:
 
 
 async def bench_latency(settings: Settings, n_legs: int, duration: float) -> dict:
-    from .calls import CallManager
-    from .records import CallRecord, new_id, utcnow
-    from .runtime import Runtime
+    from ..calls import CallManager
+    from ..records import CallRecord, new_id, utcnow
+    from ..runtime import Runtime
 
     rng = random.Random(11)
     prompts = asterisk_prompts(limit=80)
