@@ -17,7 +17,7 @@ from telephony.accuracy import wer
 from telephony.asr import create_engine
 from telephony.asr.streaming import AUTH_RETRY_S
 
-from .fakes.common import Faults, decoder_engine, pace_violations
+from .fakes.common import decoder_engine, pace_violations
 from .fakes.deepgram import FakeDeepgram
 from .streaming_legs import START_MS, assert_transcribed, leg, run_leg, streaming_settings
 

@@ -141,6 +141,7 @@ class AssemblyAIEngine(StreamingEngine):
         self.options = options
         self.url = service_url("assemblyai", asr.url)
         self._key = resolve_api_key("assemblyai", asr.api_key, asr.api_key_file)
+        self.warn_if_plaintext(self.url, bool(self._key))
         if options.token_url:
             self.token_url = options.token_url
         else:

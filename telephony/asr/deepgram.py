@@ -95,6 +95,7 @@ class DeepgramEngine(StreamingEngine):
         self.options = options
         self.url = service_url("deepgram", asr.url)
         self._key = resolve_api_key("deepgram", asr.api_key, asr.api_key_file)
+        self.warn_if_plaintext(self.url, bool(self._key))
 
     def query(self, fmt: WireFormat) -> list[tuple[str, str]]:
         o = self.options

@@ -34,15 +34,12 @@ plaintext one (a local test server).
 from __future__ import annotations
 
 import asyncio
-import logging
 from urllib.parse import urlsplit
 
 from ..config import AsrSettings
 from .base import SessionInfo
-from .settings import GoogleSettings, is_loopback, resolve_api_key
+from .settings import GoogleSettings, resolve_api_key
 from .streaming import Segment, ServiceError, StreamingEngine, WireFormat
-
-log = logging.getLogger(__name__)
 
 AUTH = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 FATAL = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNIMPLEMENTED", "NOT_FOUND")
@@ -146,9 +143,7 @@ class GoogleEngine(StreamingEngine):
         self._key = resolve_api_key("google", asr.api_key, asr.api_key_file)
         self._client = None
         self._plaintext = asr.url.startswith("grpc://")
-        if self._plaintext and not is_loopback(asr.url):
-            log.warning("google: %s is plaintext gRPC: audio%s travel unencrypted", asr.url,
-                        " and the API key" if self._key else "")
+        self.warn_if_plaintext(asr.url, bool(self._key))
 
     def client(self):
         if self._client is None:

@@ -231,6 +231,14 @@ class StreamingEngine:
         self.sessions_opened = 0
         self.connects = 0  # connection attempts, all sessions (tests check there is no retry storm)
 
+    def warn_if_plaintext(self, url: str, has_key: bool) -> None:
+        """A self-hosted server may be plaintext; say so once when that leaves the machine."""
+        from .settings import is_loopback
+
+        if url.split("://", 1)[0] in ("ws", "http", "grpc") and not is_loopback(url):
+            log.warning("%s: %s is not encrypted: audio%s cross the network in clear", self.name,
+                        url.split("?", 1)[0], " and the API key" if has_key else "")
+
     # -- vendor ------------------------------------------------------------
     async def connect(self, fmt: WireFormat, info: SessionInfo) -> Connection:
         raise NotImplementedError

@@ -12,17 +12,9 @@ from __future__ import annotations
 import json
 import logging
 from typing import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
-
 from .streaming import Segment, ServiceError, UtteranceEnd, http_error
 
 log = logging.getLogger(__name__)
-
-
-def redact(url: str) -> str:
-    """The URL without its query (which can carry a token) for log lines."""
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, p.path, "", ""))
 
 
 class WebSocketConnection:
