@@ -93,6 +93,9 @@ async def test_drop_mid_utterance_replays_after_the_last_final_without_loss_or_d
     assert bytes(second.audio) == run.wire[start:start + len(second.audio)]
     # Nothing lost: connection 2 begins before connection 1 ended, and runs to the end of the leg.
     assert start <= len(first.audio) and start + len(second.audio) == len(run.wire)
+    # The open utterance at the drop was only ever a partial there: its final comes from connection 2.
+    cut_ms = START_MS + (b_start + b_end) / 2 * 1000
+    assert all(f.request_id == fake.request_ids[1] for f in run.finals if f.end_ms > cut_ms)
     # Nothing stored twice, offsets continuous in call time, every prompt there once.
     assert_transcribed(run, audio)
     assert pace_violations(fake.conns, 0.1) == []
@@ -145,7 +148,7 @@ async def test_slow_server_still_delivers_the_last_words_before_finish_returns(f
 
 
 async def test_finalize_wait_is_bounded_when_the_server_does_not_answer(fake):
-    fake.faults.result_delay_s = 8.0
+    fake.faults.result_delay_s = 4.0
     engine = engine_for(fake, finalize_timeout_s=1.0)
     audio = leg(["agent-pass"])
     run = await run_leg(engine, audio)
