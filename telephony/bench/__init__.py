@@ -7,5 +7,6 @@ Only the CLI (``telephony bench``) and the tests import this package.
     sip_loadgen.py    that raw UAC and its RTP sender (also used by tests)
     webrtc.py         ``telephony bench webrtc``: aiortc softphones in other processes
     webrtc_client.py  the aiortc softphone (also used by tests)
+    streaming.py      ``telephony bench streaming``: legs per core with a streaming speech service
     accuracy.py       WER and the Asterisk prompts with their transcripts
 """
