@@ -15,7 +15,7 @@ from telephony.bench.accuracy import wer
 from telephony.calls import CallManager
 from telephony.runtime import Runtime
 from telephony.sip.endpoint import SipEndpoint
-from telephony.sip.settings import SipSettings
+from telephony.config import SipSettings
 
 from . import sip_peers as peers
 from .fakes.common import decoder_engine

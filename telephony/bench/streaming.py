@@ -107,7 +107,7 @@ async def run_level(port: int, legs: int, seconds: float) -> dict:
     from ..calls import CallManager
     from ..config import Settings
     from ..records import CallRecord, new_id, utcnow
-    from . import _pcm8k, _rtp_stream
+    from .core import _pcm8k, _rtp_stream
 
     s = Settings()
     s.asr.engine = "deepgram"
