@@ -20,6 +20,7 @@ import os
 import time
 
 import numpy as np
+from .sinks import CollectingSink
 
 SERVER_CHUNK_S = 0.1
 
@@ -86,16 +87,15 @@ def _serve(port_pipe) -> None:
 
 # -- one level ----------------------------------------------------------------------
 
-class _Sink:
+class _Sink(CollectingSink):
     """The record writer's place: counts finals (storage is not what this measures)."""
 
     def __init__(self):
+        super().__init__(keep=False, on_record=self._count)
         self.finals = 0
 
-    async def submit(self, record) -> None:
-        from ..records import UtteranceRecord
-
-        if isinstance(record, UtteranceRecord):
+    def _count(self, record) -> None:
+        if type(record).__name__ == "UtteranceRecord":
             self.finals += 1
 
 
