@@ -108,6 +108,7 @@ class LiveLeg:
         self.t0 = time.monotonic()
         self.transcript = LegTranscript(call.id, record, manager._submit, manager.bus, manager.on_final)
         self.last_media = 0.0  # monotonic time of the last packet or audio pushed (admission: who is talking)
+        self.stats_from: list = []  # more counters for the stored stats, from the endpoint (e.g. SRTP)
         self._asr_on = manager.settings.asr.engine != "none"
         if self._asr_on and manager.admission is not None and manager.settings.admission.overflow == "record" \
                 and not manager.admission.leg_can_transcribe():
@@ -204,6 +205,8 @@ class LiveLeg:
             manager._submit(LegEvent(new_id(), self.call.id, self.id, "dtmf", self.record.started_ms + at_ms,
                                      event.duration_ms, None if masked else event.key))
         stats = self.media.stats() if isinstance(self.media, MediaLeg) else self.media.stats.as_dict()
+        for more in self.stats_from:
+            stats.update(more())
         error = getattr(self._session, "error", None)
         if error:
             stats["asr_error"] = error

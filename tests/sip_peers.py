@@ -50,11 +50,15 @@ def require(binary: str, package: str) -> None:
 
 
 def baresip_call(workdir: Path, uri: str, wav: Path, seconds: float, user: str = "baresip",
-                 auth_pass: str | None = None) -> subprocess.CompletedProcess:
+                 auth_pass: str | None = None, codecs: str = "PCMU/8000", mediaenc: str | None = None,
+                 cafile: Path | None = None) -> subprocess.CompletedProcess:
     """Call ``uri``, play ``wav`` (aufile source), hang up after ``seconds`` (BYE on quit).
-    ``auth_pass``: answer digest challenges as ``user`` with this password."""
+    ``auth_pass``: answer digest challenges as ``user`` with this password. ``codecs``: what baresip
+    offers (``G722``, ``opus/48000/2``, …). ``mediaenc``: e.g. ``srtp-mand`` (SDES keys in the SDP).
+    ``cafile``: the CA to trust for ``;transport=tls`` URIs."""
     workdir.mkdir(parents=True, exist_ok=True)
     rtp = free_port() & ~1
+    tls = f"sip_cafile\t\t{cafile}\n" if cafile else ""
     (workdir / "config").write_text(textwrap.dedent(f"""\
         poll_method		epoll
         sip_listen		127.0.0.1:{free_port()}
@@ -65,12 +69,16 @@ def baresip_call(workdir: Path, uri: str, wav: Path, seconds: float, user: str =
         rtp_ports		{rtp}-{rtp + 40}
         module_path		/usr/lib/baresip/modules
         module			g711.so
+        module			g722.so
+        module			opus.so
+        module			srtp.so
         module			aufile.so
         module_app		account.so
         module_app		menu.so
-        """))
+        """) + tls)
     auth = f";auth_pass={auth_pass}" if auth_pass else ""
-    (workdir / "accounts").write_text(f"<sip:{user}@127.0.0.1>;regint=0;audio_codecs=PCMU/8000{auth}\n")
+    enc = f";mediaenc={mediaenc}" if mediaenc else ""
+    (workdir / "accounts").write_text(f"<sip:{user}@127.0.0.1>;regint=0;audio_codecs={codecs}{auth}{enc}\n")
     # -t counts from start-up, not from the answer: two seconds of slack for a slow start.
     return subprocess.run(["baresip", "-f", str(workdir), "-e", f"/dial {uri}", "-t", str(int(seconds) + 2)],
                           capture_output=True, text=True, timeout=seconds + 30)

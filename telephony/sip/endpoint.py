@@ -474,6 +474,9 @@ class SipEndpoint:
         stream.leg = live.add_leg(speaker=stream.speaker, role=stream.role, payload_types=stream.payload_types,
                                   meta=meta)
         log.debug("leg %s: %s", stream.leg.id, ", ".join(codecs))
+        if stream.srtp is not None:
+            srtp = stream.srtp
+            stream.leg.stats_from.append(lambda: {"srtp_auth_failed": srtp.auth_failed, "srtp_replayed": srtp.replayed})
         await stream.rtp.attach(_Receiver(stream))
 
     async def _update_call(self, st: CallState, new: list[Stream], changes: dict[int, str], metadata) -> None:
