@@ -106,14 +106,10 @@ def resolve_moonshine(data_dir: Path, *, source: Path | None = None) -> Path:
             raise ModelError(f"converting Moonshine produced different files ({', '.join(bad)}) with {_versions()}; "
                              "the pinned hashes are for the onnx and onnxruntime versions pinned in pyproject.toml: "
                              "install those")
-        if target.exists():
-            shutil.rmtree(target)
-        try:
-            os.rename(work, target)
-        except OSError:
-            # another process finished first: use its copy if it verifies
-            if _mismatches(target, CONVERTED):
-                raise
+        if target.is_dir() and not _mismatches(target, CONVERTED):
+            return target  # another process converted it meanwhile (and may be using it)
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(work, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target

@@ -26,6 +26,7 @@ byte-reproducible; ``moonshine.py`` pins the sha256 of every file.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -254,11 +255,24 @@ def fold_constants(model, path: Path) -> None:
     ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+class _NoPreprocessingAdvice(logging.Filter):
+    """quantize_dynamic advises (on the root logger) to pre-process first: constant folding is that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                     per_channel=True, reduce_range=True)
+    quiet = _NoPreprocessingAdvice()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         per_channel=True, reduce_range=True)
+    finally:
+        root.removeFilter(quiet)
 
 
 def convert(source: Path, target: Path) -> None:
