@@ -45,8 +45,8 @@ SOURCE = {
 # sha256 of the converted files (onnx and onnxruntime versions as pinned in pyproject.toml).
 CONVERTED = {
     conversion.ENCODER: "f3f31a97d8e3f672472a2ad0f6b6afa336002e8917f7061888550cc95ef432ca",
-    conversion.DECODER_FIRST: "155edd72e0e02f3f64f62579454493c1dd733ceb5770cd1c2bf621fb4a8fda2a",
-    conversion.DECODER_NEXT: "ea4d4cd0e6dbabf323aae9f1752268a14c904018afd217e1511fb88b4a271ca6",
+    conversion.DECODER_FIRST: "98ef9f354b8f1a413bea32298ebf341e5013fe8c5c52b075e30becf0b23b85fa",
+    conversion.DECODER_NEXT: "12fde0a974cccfbb4df42d1461e86b8654329623727f466709bc827d0ba1f0de",
     conversion.TOKENIZER: SOURCE["tokenizer.bin"],
 }
 TARGET = "moonshine-base-en"
@@ -79,7 +79,7 @@ def _versions() -> str:
 
 
 def resolve_moonshine(data_dir: Path, *, source: Path | None = None) -> Path:
-    """The converted, verified model directory; converts it first if needed (~20 s, ~1 GB RAM).
+    """The converted, verified model directory; converts it first if needed (~30–70 s, ~1.3 GB RAM).
 
     ``source`` is the wheel's ``models/base-en`` directory (found automatically).
     """

@@ -11,6 +11,9 @@ Converted once, they are faster than Whisper. Steps:
    key/values; computes the cross-attention keys/values) and a later-step graph;
 3. onnxruntime constant-folds each graph (``ORT_ENABLE_BASIC``, saved with
    ``optimized_model_filepath``), so weights become plain float initializers;
+   the decoders get batch size 1, and the shape arithmetic that is then static
+   (``fold_static_shapes``) is folded as well: a third of the decoder's nodes,
+   run at every generated token (10 % less CPU per utterance, same output);
 4. ``onnxruntime.quantization.quantize_dynamic`` re-quantises the MatMuls to
    int8 (dynamic activation quantisation), per channel and with 7-bit weights
    (``reduce_range``): on CPUs without VNNI (this project's machine) the u8×s8
@@ -243,6 +246,57 @@ def split_decoder(merged):
 
 # -- 3. constant folding, 4. int8 -----------------------------------------------
 
+def fold_static_shapes(model):
+    """Replace shape arithmetic whose value is static by constants.
+
+    onnxruntime folds a ``Shape`` only when the whole shape is known. The decoder's
+    tensors have one dynamic dimension (the sequence), yet most of its Shape →
+    Gather/Slice → Unsqueeze → Concat chains read only static ones (batch, heads,
+    head size). Values are tracked as lists of int-or-None through those ops.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    dims = {}
+    for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        if vi.type.tensor_type.HasField("shape"):
+            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    values = {}  # tensor name -> int, or list of int | None
+    for t in graph.initializer:
+        if t.data_type == onnx.TensorProto.INT64 and len(t.dims) <= 1:
+            a = numpy_helper.to_array(t)
+            values[t.name] = int(a) if a.ndim == 0 else [int(x) for x in a]
+    folded = {}
+    for node in graph.node:
+        args = [values.get(i) for i in node.input]
+        out = None
+        if node.op_type == "Shape" and not node.attribute and node.input[0] in dims:
+            out = dims[node.input[0]]
+        elif node.op_type == "Gather" and isinstance(args[0], list) and args[1] is not None:
+            out = args[0][args[1]] if isinstance(args[1], int) else [args[0][i] for i in args[1]]
+        elif (node.op_type == "Slice" and isinstance(args[0], list)
+              and all(isinstance(a, list) and len(a) == 1 and a[0] is not None for a in args[1:3])
+              and args[3:4] in ([], [[0]]) and args[4:5] in ([], [[1]])):
+            out = args[0][args[1][0]:args[2][0]]
+        elif node.op_type == "Unsqueeze" and isinstance(args[0], int) and args[1] == [0]:
+            out = [args[0]]
+        elif node.op_type == "Concat" and all(isinstance(a, list) for a in args):
+            out = [x for a in args for x in a]
+        if out is None:
+            continue
+        values[node.output[0]] = out
+        if isinstance(out, int) or None not in out:
+            folded[node.output[0]] = np.array(out, dtype=np.int64)
+    kept = [n for n in graph.node if n.output[0] not in folded]
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in folded.items())
+    return model
+
+
 def fold_constants(model, path: Path) -> None:
     """Let onnxruntime fold constants (weight dequantisation, shape arithmetic) and save the graph."""
     import onnxruntime as ort
@@ -252,6 +306,7 @@ def fold_constants(model, path: Path) -> None:
     opts.optimized_model_filepath = str(path)
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # it warns of every initializer folding left unused
     ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -277,6 +332,9 @@ def quantize(src: Path, dst: Path) -> None:
 
 def convert(source: Path, target: Path) -> None:
     """Build the converted model files from ``source`` (the wheel's base-en directory) into ``target``."""
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="moonshine-", dir=target) as work:
         work = Path(work)
@@ -286,6 +344,9 @@ def convert(source: Path, target: Path) -> None:
         quantize(work / "encoder.fp32.onnx", target / ENCODER)
         first, later = split_decoder(ort_to_onnx(source / "decoder_model_merged.ort"))
         for model, name in ((first, DECODER_FIRST), (later, DECODER_NEXT)):
+            make_dim_param_fixed(model.graph, "batch_size", 1)
+            fold_constants(model, work / f"{name}.folded")
+            model = fold_static_shapes(onnx.load(work / f"{name}.folded"))
             fold_constants(model, work / f"{name}.fp32")
             quantize(work / f"{name}.fp32", target / name)
         del first, later
