@@ -10,9 +10,10 @@ imported: its ``transcribe()`` is broken and it loads a second onnxruntime.
 
 Unlike Whisper, Moonshine's encoder costs in proportion to the audio's length
 (no fixed 30 s window), so short turns are cheap. It has no no-speech
-probability: the VAD gates it, plus a guard against very short audio and
-unsure, noise-like output. Decoding is greedy with a token cap and a
-repetition guard (the model loops on long inputs).
+probability: the VAD gates it (tests: silence, noise, ringback, DTMF and hold
+music give no text, with or without the VAD). Decoding is greedy with a token
+cap and a repetition guard; audio over 30 s is decoded in pieces cut at pauses
+(the model loops on minute-long inputs).
 
     python -m telephony.asr.moonshine --convert DATA_DIR   # install-time conversion
 """
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         path = resolve_moonshine(args.convert)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return 1
     print(path)
     return 0
 

@@ -34,8 +34,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-SOURCE_FILES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin")
-# Output files: name -> how it is made.
+# Output files of the conversion.
 ENCODER = "encoder.onnx"
 DECODER_FIRST = "decoder_first.onnx"
 DECODER_NEXT = "decoder_next.onnx"
