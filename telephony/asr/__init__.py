@@ -4,6 +4,7 @@
     utterances.py  embedded models: VAD segmentation + decode scheduling + a decoder
     vad.py         the shared, batched voice-activity model;  segmenter.py: utterances from it
     scheduler.py   decode threads, overload policy, measured decode cost
+    moonshine.py   Moonshine base-en decoder (onnxruntime; moonshine_convert.py builds it once from the wheel)
     whisper.py     Whisper (CTranslate2) decoder;  models.py: model files, verified
     streaming.py   what the speech services share: pacing, replay, reconnects, fallback
     deepgram.py, assemblyai.py, google.py   the services (websocket.py: their WebSocket part)
@@ -15,8 +16,8 @@ from .base import AsrEngine, AsrSession, Final, Partial, SessionInfo
 
 __all__ = ["AsrEngine", "AsrSession", "Final", "Partial", "SessionInfo", "create_engine"]
 
-ENGINES = ("whisper", "deepgram", "assemblyai", "google", "none")
-EMBEDDED = ("whisper",)
+ENGINES = ("moonshine", "whisper", "deepgram", "assemblyai", "google", "none")
+EMBEDDED = ("moonshine", "whisper")
 
 
 def create_engine(settings, name: str | None = None, *, fallback=None):
@@ -32,11 +33,18 @@ def create_engine(settings, name: str | None = None, *, fallback=None):
         from .null import NullEngine
 
         return NullEngine()
-    if name == "whisper":
+    if name in EMBEDDED:
         from .utterances import UtteranceEngine
-        from .whisper import WhisperDecoder
 
-        return UtteranceEngine(WhisperDecoder(settings.asr, settings.data_dir), settings.asr, settings.vad)
+        if name == "moonshine":
+            from .moonshine import MoonshineDecoder, resolve_moonshine
+
+            decoder = MoonshineDecoder(resolve_moonshine(settings.models_dir), threads=settings.asr.cpu_threads)
+        else:
+            from .whisper import WhisperDecoder
+
+            decoder = WhisperDecoder(settings.asr, settings.models_dir)
+        return UtteranceEngine(decoder, settings.asr, settings.vad)
     if name not in ENGINES:
         raise ValueError(f"unknown ASR engine {name!r}; one of {', '.join(ENGINES)}")
     owns = False

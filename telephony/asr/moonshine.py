@@ -79,12 +79,12 @@ def _versions() -> str:
     return f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}, numpy {np.__version__}"
 
 
-def resolve_moonshine(data_dir: Path, *, source: Path | None = None) -> Path:
+def resolve_moonshine(models_dir: Path, *, source: Path | None = None) -> Path:
     """The converted, verified model directory; converts it first if needed (~30–70 s, ~1.3 GB RAM).
 
     ``source`` is the wheel's ``models/base-en`` directory (found automatically).
     """
-    target = Path(data_dir) / "models" / TARGET
+    target = Path(models_dir) / TARGET
     bad = _mismatches(target, CONVERTED) if target.is_dir() else ["not converted yet"]
     if not bad:
         return target
@@ -225,7 +225,7 @@ class MoonshineDecoder:
         self._first_outputs = [o.name for o in self._first.get_outputs()]
         self._next_outputs = [o.name for o in self._next.get_outputs()]
 
-    def decode(self, audio: np.ndarray, *, draft: bool = False) -> tuple[str, float | None]:
+    def decode(self, audio: np.ndarray, *, draft: bool = False, degraded: bool = False) -> tuple[str, float | None]:
         """float32 mono 16 kHz → (text, 0..1 confidence or None); "" for no speech.
 
         ``draft`` (a partial of an open utterance) decodes the same way: Moonshine is
@@ -283,8 +283,9 @@ class MoonshineDecoder:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m telephony.asr.moonshine",
                                      description="Convert Moonshine base-en from the moonshine-cpp wheel (once).")
-    parser.add_argument("--convert", metavar="DATA_DIR", type=Path, required=True,
-                        help="the service's data directory; the model goes to DATA_DIR/models/moonshine-base-en")
+    parser.add_argument("--convert", metavar="MODELS_DIR", type=Path, required=True,
+                        help="where converted models live ([asr] models_dir; default ~/.cache/telephony/models): "
+                             "the model goes to MODELS_DIR/moonshine-base-en")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

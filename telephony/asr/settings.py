@@ -106,8 +106,8 @@ def validate_streaming(settings, env: Mapping[str, str] | None = None) -> None:
     for name in ("finalize_timeout_s", "connect_timeout_s", "keepalive_s", "backoff_initial_s", "backoff_max_s", "fallback_after_s"):
         if getattr(asr, name) <= 0:
             raise ConfigError(f"asr.{name} must be positive, got {getattr(asr, name)}")
-    if asr.fallback not in ("", "whisper"):
-        raise ConfigError(f"asr.fallback must be \"\" (none) or whisper, got {asr.fallback!r}")
+    if asr.fallback not in ("", "moonshine", "whisper"):
+        raise ConfigError(f"asr.fallback must be \"\" (none), moonshine or whisper, got {asr.fallback!r}")
     if engine not in STREAMING_ENGINES:
         return
     url = service_url(engine, asr.url)

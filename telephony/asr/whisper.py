@@ -29,12 +29,12 @@ def compression_ratio(text: str) -> float:
 class WhisperDecoder:
     name = "whisper"
 
-    def __init__(self, asr: AsrSettings, data_dir: Path, model: str | None = None):
+    def __init__(self, asr: AsrSettings, models_dir: Path, model: str | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths only
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
-        path = resolve_model(model or asr.model, data_dir)
+        path = resolve_model(model or asr.model, models_dir)
         self.model_path = path
         self._whisper = WhisperModel(str(path), device="cpu", compute_type=asr.compute_type,
                                      cpu_threads=asr.cpu_threads, num_workers=asr.workers + 1)  # + the partials thread
