@@ -50,28 +50,33 @@ class Admission:
         self._last_log = 0.0
 
     # -- what is running ----------------------------------------------------------
-    def talking_legs(self, now: float | None = None) -> int:
+    def talking_legs(self, engine: str | None = None, now: float | None = None) -> int:
+        """Legs transcribed by ``engine`` (default: the default engine) that are talking, or about to."""
+        engine = engine or self.manager.default_engine
         now = time.monotonic() if now is None else now
         n = 0
         for call in self.manager.calls():
+            if call.engine_name != engine:
+                continue
             for leg in call.legs:
                 if leg.transcribing and (now - leg.t0 < TALKING_GRACE_S or now - leg.last_media < TALKING_RECENT_S):
                     n += 1
         return n
 
-    def asr_capacity(self):
-        capacity = getattr(self.manager.engine, "capacity", None)
+    def asr_capacity(self, engine: str | None = None):
+        """The engine's measured capacity; None for engines without a limit here (speech services)."""
+        capacity = getattr(self.manager.engines[engine or self.manager.default_engine], "capacity", None)
         return capacity() if capacity is not None else None
 
-    def leg_can_transcribe(self) -> bool:
+    def leg_can_transcribe(self, engine: str | None = None) -> bool:
         """For a leg about to open: is there room to transcribe it? (Only ``overflow = record`` asks.)"""
-        cap = self.asr_capacity()
-        return cap is None or self.talking_legs() < cap.legs
+        cap = self.asr_capacity(engine)
+        return cap is None or self.talking_legs(engine) < cap.legs
 
     # -- the decision ---------------------------------------------------------------
-    def check(self, source: str | None = None, legs: int = 1) -> Refusal | None:
-        """None: admitted. A Refusal says why and when to retry."""
-        refusal = self._check(legs)
+    def check(self, source: str | None = None, legs: int = 1, engine: str | None = None) -> Refusal | None:
+        """None: admitted. A Refusal says why and when to retry. ``engine``: the call's ASR engine."""
+        refusal = self._check(legs, engine)
         if refusal is None:
             self.admitted += 1
             return None
@@ -82,7 +87,7 @@ class Admission:
             log.warning("refusing new calls: %s (%d refused so far)", refusal.reason, sum(self.refused.values()))
         return refusal
 
-    def _check(self, legs: int) -> Refusal | None:
+    def _check(self, legs: int, engine: str | None) -> Refusal | None:
         s = self.settings
         retry = s.retry_after_s
         m = self.manager
@@ -96,12 +101,12 @@ class Admission:
             return Refusal("media loop saturated", retry)
         if s.overflow == "record":
             return None
-        cap = self.asr_capacity()
+        cap = self.asr_capacity(engine)
         if cap is None:
             return None
         if cap.backlog_s > s.max_backlog_s:
             return Refusal("transcription backlog", retry)
-        if self.talking_legs() + legs > cap.legs:
+        if self.talking_legs(engine) + legs > cap.legs:
             return Refusal(f"transcription at capacity ({cap.legs:.0f} talking legs)", retry)
         return None
 

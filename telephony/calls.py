@@ -102,16 +102,16 @@ class LiveLeg:
         self.call = call
         self.record = record
         self.id = record.id
-        engine = manager.engine
+        engine = call.engine
         self.media = media
         record.sample_rate = self.media.rate
         self.t0 = time.monotonic()
         self.transcript = LegTranscript(call.id, record, manager._submit, manager.bus, manager.on_final)
         self.last_media = 0.0  # monotonic time of the last packet or audio pushed (admission: who is talking)
         self.stats_from: list = []  # more counters for the stored stats, from the endpoint (e.g. SRTP)
-        self._asr_on = manager.settings.asr.engine != "none"
+        self._asr_on = call.engine_name != "none"
         if self._asr_on and manager.admission is not None and manager.settings.admission.overflow == "record" \
-                and not manager.admission.leg_can_transcribe():
+                and not manager.admission.leg_can_transcribe(call.engine_name):
             self._asr_on = False  # over capacity: recorded (counters, audio) but not transcribed
             record.meta["transcription"] = "skipped: over capacity"
         self.transcribing = self._asr_on
@@ -214,10 +214,14 @@ class LiveLeg:
 
 
 class LiveCall:
-    def __init__(self, manager: "CallManager", record: CallRecord):
+    """``engine``: the ASR engine's name for this call's legs (per source; default ``[asr] engine``)."""
+
+    def __init__(self, manager: "CallManager", record: CallRecord, engine: str | None = None):
         self.manager = manager
         self.record = record
         self.id = record.id
+        self.engine_name = engine or manager.default_engine
+        self.engine = manager.engines[self.engine_name]
         self.t0 = time.monotonic()
         self.legs: list[LiveLeg] = []
         self._end_task: asyncio.Task | None = None
@@ -226,7 +230,7 @@ class LiveCall:
                 payload_types: Mapping[int, Codec] | None = None, meta: dict | None = None) -> LiveLeg:
         """An RTP leg. ``payload_types``: the negotiated map; a static ``codec`` name is enough otherwise."""
         pts = dict(payload_types) if payload_types else payload_types_for(codec)
-        media = MediaLeg(pts, self.manager.engine.sample_rate, self.manager.settings.media)
+        media = MediaLeg(pts, self.engine.sample_rate, self.manager.settings.media)
         leg = self._leg(speaker, role, media.codec.name, media, meta)
         self.manager.clock.add(leg)
         return leg
@@ -234,7 +238,7 @@ class LiveCall:
     def add_stream_leg(self, *, speaker: str, rate: int, codec: str = "L16", role: str | None = None,
                        meta: dict | None = None) -> LiveLeg:
         """A leg fed decoded audio (``LiveLeg.push_audio``) by a media fork, at ``rate``."""
-        media = StreamMedia(codec, rate, self.manager.engine.sample_rate)
+        media = StreamMedia(codec, rate, self.engine.sample_rate)
         return self._leg(speaker, role, codec, media, meta)
 
     def _leg(self, speaker: str, role: str | None, codec: str, media, meta: dict | None) -> LiveLeg:
@@ -274,11 +278,15 @@ class CallManager:
     """``on_final(record, final)``: optional hook on every stored final (benchmarks, metrics)."""
 
     def __init__(self, settings: Settings, engine, writer: RecordSink, bus: CaptionBus | None = None,
-                 on_final: FinalHook | None = None, instance: tuple[str, str] | None = None):
+                 on_final: FinalHook | None = None, instance: tuple[str, str] | None = None,
+                 engines: dict | None = None):
+        """``engine``: the default ASR engine; ``engines``: more, by name, for per-source choices."""
         self.settings = settings
         self.instance = instance  # (instance id, run id) stamped on every call: see InstanceRecovered
         self.admission = None  # telephony.admission.Admission, set by the Service
         self.engine = engine
+        self.default_engine = settings.asr.engine
+        self.engines = {self.default_engine: engine, **(engines or {})}
         self.writer = writer
         self.bus = bus
         self.on_final = on_final
@@ -299,13 +307,18 @@ class CallManager:
     def calls(self) -> list[LiveCall]:
         return list(self._calls.values())
 
-    async def start_call(self, record: CallRecord) -> LiveCall:
-        """The call, once its record is durable in the journal (answer only after this)."""
+    async def start_call(self, record: CallRecord, engine: str | None = None) -> LiveCall:
+        """The call, once its record is durable in the journal (answer only after this).
+        ``engine``: which ASR engine transcribes it (one of ``engines``; default ``[asr] engine``)."""
         if not self.accepting:
             raise RuntimeError("shutting down: not accepting calls")
+        if engine is not None and engine not in self.engines:
+            raise ValueError(f"ASR engine {engine!r} is not running here (running: {', '.join(self.engines)})")
         if self.instance is not None and record.instance_id is None:
             record.instance_id, record.run_id = self.instance
-        call = LiveCall(self, record)
+        if engine is not None and engine != self.default_engine:
+            record.meta["asr_engine"] = engine
+        call = LiveCall(self, record, engine)
         self._calls[call.id] = call
         durable = self._submit(record)
         try:

@@ -9,6 +9,7 @@ variable for it is ``TELEPHONY_<SECTION>_<KEY>`` (``TELEPHONY_ASR_BEAM_SIZE=1``)
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ class SipSettings:
     max_pending_per_source: int = 20  # answered calls still without media, per source IP; beyond: 503
     srtp: str = "optional"  # SDES-keyed SRTP (RTP/SAVP): "optional", "required" (plain RTP refused), "off"
     srtp_insecure_keys: bool = False  # accept a=crypto keys over plain UDP/TCP (anyone on the path reads them)
+    engines: list[str] = field(default_factory=list)  # per source: "CIDR=engine" (a premium trunk to a service)
 
     @property
     def announce(self) -> str:
@@ -165,6 +167,7 @@ class WebRtcSettings:
     connect_timeout_s: float = 15.0  # offer answered but ICE+DTLS not up by then: the call ends as failed
     media_timeout_s: float = 20.0  # connected but no RTP on any track this long: the call ends
     max_duration_s: float = 4 * 3600.0  # a session is ended after this long, whatever happens
+    engines: list[str] = field(default_factory=list)  # ASR engines a session may ask for (?engine=…) besides [asr] engine
 
 
 @dataclass
@@ -253,6 +256,18 @@ class Settings:
             raise ConfigError(f"asr.window_s must be within 5..30, got {self.asr.window_s}")
         if self.sip.srtp not in ("optional", "required", "off"):
             raise ConfigError(f"sip.srtp must be optional, required or off, got {self.sip.srtp!r}")
+        engines = ("moonshine", "whisper", "deepgram", "assemblyai", "google", "none")
+        for rule in self.sip.engines:
+            cidr, eq, name = rule.partition("=")
+            if not eq or name.strip() not in engines:
+                raise ConfigError(f"sip.engines: {rule!r} is not CIDR=engine with an engine among {', '.join(engines)}")
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"sip.engines: {cidr!r} is not a network (CIDR)") from None
+        for name in self.webrtc.engines:
+            if name not in engines:
+                raise ConfigError(f"webrtc.engines: unknown engine {name!r}")
         from .media.codecs import CODECS  # light: the codec table, no decoder is loaded
 
         for name in self.sip.codecs + self.webrtc.codecs:

@@ -46,6 +46,7 @@ class Service:
         self.port = 0  # HTTP port actually bound
         self._runner = None
         self._stopped = False
+        self._extra_engines: dict = {}
 
     # -- what the parts are --------------------------------------------------------
     @property
@@ -86,12 +87,14 @@ class Service:
         self.runtime = Runtime(self.settings, asr=self._asr)
         await self.runtime.__aenter__()
         try:
+            extra = await self._more_engines()
             self.manager = CallManager(self.settings, self.runtime.engine, self.runtime.writer, CaptionBus(),
-                                       instance=(self.runtime.instance_id, self.runtime.run_id))
+                                       instance=(self.runtime.instance_id, self.runtime.run_id), engines=extra)
             self.admission = self.manager.admission = Admission(self.settings, self.manager, self.runtime.writer)
-            calibrate = getattr(self.runtime.engine, "calibrate", None)
-            if calibrate is not None:  # the capacity admission uses: this machine's decode cost, now
-                await asyncio.to_thread(calibrate)
+            for engine in self.manager.engines.values():
+                calibrate = getattr(engine, "calibrate", None)
+                if calibrate is not None:  # the capacity admission uses: this machine's decode cost, now
+                    await asyncio.to_thread(calibrate)
             if self._http:
                 await self._start_http()
             if self._sip:
@@ -103,6 +106,18 @@ class Service:
             await self._close_parts()
             raise
         return self
+
+    async def _more_engines(self) -> dict:
+        """Engines that sources may be sent to besides the default ([sip] engines, [webrtc] engines)."""
+        from .asr import create_engine
+
+        s = self.settings
+        names = {rule.partition("=")[2].strip() for rule in s.sip.engines} | set(s.webrtc.engines)
+        names.discard(s.asr.engine)
+        if not self._asr:
+            return {}
+        self._extra_engines = {name: await asyncio.to_thread(create_engine, s, name) for name in sorted(names)}
+        return self._extra_engines
 
     async def _start_http(self) -> None:
         from aiohttp import web
@@ -153,6 +168,8 @@ class Service:
         try:
             if self._runner is not None:
                 await self._runner.cleanup()
+            for engine in self._extra_engines.values():
+                await engine.close()
         finally:
             if self.runtime is not None:
                 await self.runtime.__aexit__(None, None, None)

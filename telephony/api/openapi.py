@@ -102,7 +102,9 @@ SCHEMAS = {
                        "tracks": {"type": "array", "items": _ref("TrackLabel")},
                        "external_id": {"type": "string", "maxLength": 200,
                                        "description": "the softphone's own call id, stored with the call"},
-                       "meta": {"type": "object", "description": "free-form, at most 4 KiB as JSON"}}},
+                       "meta": {"type": "object", "description": "free-form, at most 4 KiB as JSON"},
+                       "engine": {"type": "string", "maxLength": 32,
+                                  "description": "ASR engine for this session: [asr] engine, or one [webrtc] engines allows"}}},
     "Session": {
         "type": "object", "required": ["session_id", "state", "tracks"],
         "properties": {"session_id": {"type": "string"}, "call_id": _NULLABLE_STR,
@@ -144,7 +146,8 @@ PATHS = {
             "summary": "Start a WebRTC session (WHIP-style): SDP offer in, SDP answer out",
             "description": "Every audio m-line that sends becomes one leg of a new call, labelled by the client "
                            "per transceiver mid or track id (application/sdp: `?speaker=<mid>:<label>`, repeatable). "
-                           "PCMU is preferred, then PCMA, then Opus (transcoded to PCMU); the answer names one codec per track. "
+                           "Opus is preferred (decoded at 16 kHz), then G.722, PCMU, PCMA ([webrtc] codecs); "
+                           "the answer names one codec per track. "
                            "ICE is not trickled: "
                            "send the offer with its candidates gathered.",
             "parameters": [
@@ -152,7 +155,10 @@ PATHS = {
                  "schema": {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:.+$"}},
                  "description": "<mid or track id>:<speaker label> (application/sdp bodies)"},
                 {"name": "external_id", "in": "query", "required": False,
-                 "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+                {"name": "engine", "in": "query", "required": False,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 32},
+                 "description": "ASR engine for this session: [asr] engine, or one [webrtc] engines allows"}],
             "requestBody": {"required": True, "content": {
                 "application/sdp": {"schema": {"type": "string"}},
                 "application/json": {"schema": _ref("Offer")}}},

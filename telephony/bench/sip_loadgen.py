@@ -51,13 +51,13 @@ class SendStats:
 
 async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, ptime_ms: int = 20,
                    impair: Impairment | None = None, ssrc: int | None = None, transport=None,
-                   seq0: int | None = None, local_port: int = 0) -> SendStats:
+                   seq0: int | None = None, local_port: int = 0, local_host: str = "127.0.0.1") -> SendStats:
     """Stream ``payload`` (8 kHz G.711) as RTP to ``sock_addr`` in real time, from ``local_port``
     (the port our SDP announced: the service takes media only from there). Returns what was sent."""
     loop = asyncio.get_running_loop()
     own = transport is None
     if own:
-        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", local_port))
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(local_host, local_port))
     rnd = random.Random(impair.seed if impair else 0)
     impair = impair or Impairment()
     ssrc = ssrc if ssrc is not None else rnd.getrandbits(32)

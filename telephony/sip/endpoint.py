@@ -77,6 +77,7 @@ class CallState:
     paused_since: float | None = None  # on hold: the media timeout does not run
     resumed_at: float = 0.0
     was_sendrecv: bool = False
+    engine: str | None = None  # the ASR engine for this source ([sip] engines), None: the default
 
     @property
     def media_seen(self) -> bool:
@@ -108,6 +109,7 @@ class SipEndpoint:
         self.admission = admission
         self.loop: asyncio.AbstractEventLoop | None = None
         self.allow = AllowList(s.allow)
+        self._engine_rules = [(AllowList([rule.partition("=")[0]]), rule.partition("=")[2].strip()) for rule in s.engines]
         self.limiter = RateLimiter(s.rate_limit, s.rate_burst)
         self.auth = DigestAuth(s.auth_realm, s.auth_user, s.auth_password) if s.auth_password else None
         self.allocator = PortAllocator(s.host, s.rtp_port_min, s.rtp_port_max)
@@ -222,8 +224,9 @@ class SipEndpoint:
                                      f" we take {', '.join(s.codecs)})",
                                 {"Warning": '304 telephony "Media type not available"'})
             n_streams = min(len(audio), s.max_streams) if siprec else 1
+        engine = self._engine_for(ip)
         if self.admission is not None:
-            refusal = self.admission.check(ip, legs=n_streams)
+            refusal = self.admission.check(ip, legs=n_streams, engine=engine)
             if refusal is not None:
                 raise self._busy(refusal.reason, refusal.retry_after_s)
         correlation = None
@@ -236,12 +239,20 @@ class SipEndpoint:
         frm, to = parse_name_addr(req.get("from")), parse_name_addr(req.get("to"))
         st = CallState(sip_call_id=req.call_id, source=f"{ip}:{flow.remote[1]}", remote_ip=ip, from_addr=frm,
                        to_addr=to, siprec=siprec, body=body, correlation=correlation,
-                       plain_speaker=self._plain_speaker(frm), secure_signalling=flow.transport == "TLS")
+                       plain_speaker=self._plain_speaker(frm), secure_signalling=flow.transport == "TLS",
+                       engine=engine)
         if body is not None:
             self._open_streams(st, body.sdp)
         else:  # late offer: we offer one receive-only stream in the 200; the ACK's answer picks the codec
             st.streams[0] = Stream(0, self._rtp_stream(st), st.plain_speaker, {}, "caller", {"sdp_index": 0})
         return st
+
+    def _engine_for(self, ip: str) -> str | None:
+        """The engine a source's calls go to: the first ``[sip] engines`` rule whose network holds it."""
+        for network, engine in self._engine_rules:
+            if network.allows(ip):
+                return engine
+        return None
 
     def _rtp_stream(self, st: CallState) -> RtpStream:
         try:
@@ -451,7 +462,7 @@ class SipEndpoint:
             fut = self.loop.create_future()
             self._groups[key] = (fut, {st})
             try:
-                live = await self.manager.start_call(self._call_record(st))
+                live = await self.manager.start_call(self._call_record(st), st.engine)
             except BaseException:
                 self._groups.pop(key, None)
                 fut.set_result(None)

@@ -48,7 +48,7 @@ class WebRtcGateway:
 
     async def open(self, offer_text: str, labels: dict[str, TrackLabel] | None = None, *,
                    remote: str | None = None, external_id: str | None = None,
-                   meta: dict | None = None) -> tuple[WebRtcSession, str]:
+                   meta: dict | None = None, engine: str | None = None) -> tuple[WebRtcSession, str]:
         """Negotiate an offer into a live session; returns (session, SDP answer).
 
         Raises Busy, OfferError (400) or OfferNotAcceptable (422). A refused
@@ -60,10 +60,13 @@ class WebRtcGateway:
         if len(self.sessions) + self._pending >= st.max_sessions:
             self.refused += 1
             raise Busy(f"session limit reached ({st.max_sessions} concurrent sessions)", st.retry_after_s)
+        if engine is not None and engine != self.manager.default_engine and engine not in st.engines:
+            allowed = ", ".join([self.manager.default_engine, *st.engines])
+            raise OfferError(f"engine {engine!r} is not offered here (webrtc.engines allows: {allowed})")
         offer = inspect_offer(offer_text, codecs=st.codecs, max_tracks=st.max_tracks, candidate_filter=self._filter)
         admission = getattr(self.manager, "admission", None)
         if admission is not None:
-            refusal = admission.check(remote, legs=len(offer.usable))
+            refusal = admission.check(remote, legs=len(offer.usable), engine=engine)
             if refusal is not None:
                 self.refused += 1
                 raise Busy(f"not taking new sessions: {refusal.reason}", refusal.retry_after_s)
@@ -74,7 +77,7 @@ class WebRtcGateway:
             answer = await session.negotiate(offer)
             if not self.manager.accepting:
                 raise Busy("shutting down: not accepting new sessions", st.retry_after_s)
-            await session.attach(self.manager, track_labels, external_id=external_id, meta=meta)
+            await session.attach(self.manager, track_labels, external_id=external_id, meta=meta, engine=engine)
         except BaseException:
             await _close_quietly(session)
             raise

@@ -90,7 +90,7 @@ class WebRtcSession:
         return audio[[a.index for a in self.offer.audio].index(section.index)]
 
     async def attach(self, manager, labels: list[TrackLabel], *, external_id: str | None = None,
-                     meta: dict | None = None) -> None:
+                     meta: dict | None = None, engine: str | None = None) -> None:
         """Start the call and one leg per usable audio track; route their RTP to the legs."""
         usable = self.offer.usable
         call_meta = {"session_id": self.id, "tracks": [
@@ -102,7 +102,7 @@ class WebRtcSession:
             call_meta["client"] = meta
         self.call = await manager.start_call(CallRecord(
             id=new_id(), source="webrtc", started_at=utcnow(), external_id=external_id or self.id,
-            remote_addr=self.remote, meta=call_meta))
+            remote_addr=self.remote, meta=call_meta), engine)
         for section, label in zip(usable, labels):
             t = self._transceiver_for(section)
             meta = {"mid": section.mid, "track_id": section.track_id, "transport": "webrtc"}

@@ -54,10 +54,11 @@ class _Handlers:
             if ctype == "application/sdp":
                 offer, labels, external_id, meta = decode_body(body), _query_labels(request), None, None
                 external_id = _external_id(request.query.get("external_id"))
+                engine = _engine(request.query.get("engine"))
             else:
-                offer, labels, external_id, meta = _json_offer(body)
+                offer, labels, external_id, meta, engine = _json_offer(body)
             session, answer = await self.gw.open(offer, labels, remote=request.remote,
-                                                 external_id=external_id, meta=meta)
+                                                 external_id=external_id, meta=meta, engine=engine)
         except Busy as exc:
             return json_error(503, "busy", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
         except OfferError as exc:
@@ -137,4 +138,13 @@ def _json_offer(body: bytes):
     meta = doc.get("meta")
     if meta is not None and (not isinstance(meta, dict) or len(json.dumps(meta)) > _MAX_META_BYTES):
         raise OfferError(f"\"meta\" must be an object of at most {_MAX_META_BYTES} bytes as JSON")
-    return sdp, labels, _external_id(doc.get("external_id")), meta
+    return sdp, labels, _external_id(doc.get("external_id")), meta, _engine(doc.get("engine"))
+
+
+def _engine(value) -> str | None:
+    """The ASR engine a session asks for (the gateway checks it is one [webrtc] engines allows)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 32:
+        raise OfferError("engine must be the name of an ASR engine")
+    return value
