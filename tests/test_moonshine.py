@@ -111,7 +111,7 @@ def test_missing_or_damaged_wheel_is_a_model_error(tmp_path):
         fh.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(ModelError, match=r"encoder_model\.ort differs.*reinstall"):
         resolve_moonshine(tmp_path / "data", source=bad)
-    assert not (tmp_path / "data" / "models" / "moonshine-base-en").exists()
+    assert not (tmp_path / "data" / "moonshine-base-en").exists()
 
 
 # -- conversion ------------------------------------------------------------------
@@ -123,11 +123,11 @@ def test_conversion_is_reproducible(tmp_path):
     started = time.monotonic()
     target = resolve_moonshine(tmp_path)
     converted_in = time.monotonic() - started
-    assert target == tmp_path / "models" / "moonshine-base-en"
+    assert target == tmp_path / "moonshine-base-en"
     assert {p.name for p in target.iterdir()} == set(CONVERTED)  # no temp files left
     for name, digest in CONVERTED.items():
         assert sha256_file(target / name) == digest, name
-    assert not [p for p in tmp_path.joinpath("models").iterdir() if p.name != "moonshine-base-en"]
+    assert not [p for p in tmp_path.iterdir() if p.name != "moonshine-base-en"]
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in target.iterdir()}
     started = time.monotonic()

@@ -718,7 +718,7 @@ class StreamingSession:
         self._fallback = fb.open_session(start_ms=self.start_ms + begin * 1000 // rate, realtime=self._realtime,
                                          info=self.info)
         if fb.sample_rate and fb.sample_rate != rate:
-            from ..resample import Resampler
+            from ..media.resample import Resampler
 
             self._fallback_resampler = Resampler(rate, fb.sample_rate)
         backlog = self.fmt.decode(self._buf.read(begin, self._buf.end - begin))
