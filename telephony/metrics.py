@@ -279,6 +279,10 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.latency = FinalLatency(self.registry)
+        engine = service.engine
+        for e in (engine, getattr(engine, "fallback", None)):  # their series exist (empty) before the first final
+            if e is not None and e.name != "none":
+                self.latency.histogram.labels(e.name)
         self.registry.register(ServiceCollector(service))
         self._runner: web.AppRunner | None = None
         self.port = 0  # the own listener's port, once started

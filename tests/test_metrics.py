@@ -4,11 +4,16 @@ SDP announced), read back with prometheus-client's own parser and scraped by the
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
 import socket
+import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
@@ -17,6 +22,8 @@ from telephony.bench.sip_loadgen import Impairment, RawUac, read_wav_g711, sdp_o
 from telephony.config import ApiSettings, ConfigError, MetricsSettings, WebRtcSettings, load_settings
 from telephony.media.rtp import build_rtp
 from telephony.service import Service
+
+from .webhooks_receiver import SECRET, Receiver, db, free_port  # noqa: F401 (db: fixture)
 
 PROMPT = "/usr/share/asterisk/sounds/en/hello-world.wav"
 
@@ -324,3 +331,238 @@ def test_a_malformed_listen_address_is_a_config_error(listen):
     with pytest.raises(ConfigError, match="metrics.listen must be host:port"):
         load_settings(env={"TELEPHONY_METRICS_LISTEN": listen})
     assert MetricsSettings(listen="[::1]:9464").listen_address() == ("::1", 9464)
+
+
+# -- scraped by the real Prometheus ---------------------------------------------------------------
+
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
+DASHBOARD = DOCKER / "grafana" / "dashboards" / "telephony.json"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def debian_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: apt-get install prometheus (scripts/test.sh does)", pytrace=False)
+    return path
+
+
+class Prometheus:
+    """The Debian ``prometheus`` binary, on loopback, scraping one target every second with the scrape
+    job of ``docker/prometheus.yml`` (only the target, interval and token changed)."""
+
+    def __init__(self, tmp_path: Path, target: str, token: str | None = None):
+        config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+        config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
+        [job] = config["scrape_configs"]
+        job["static_configs"] = [{"targets": [target]}]
+        if token:
+            (tmp_path / "token").write_text(token)
+            job["authorization"] = {"credentials_file": str(tmp_path / "token")}
+        self.config = tmp_path / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.data = tmp_path / "prometheus-data"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "prometheus.log"
+        self.proc: subprocess.Popen | None = None
+
+    async def __aenter__(self) -> "Prometheus":
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([debian_tool("prometheus"), f"--config.file={self.config}",
+                                          f"--storage.tsdb.path={self.data}", f"--web.listen-address=127.0.0.1:{self.port}",
+                                          "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
+        async with aiohttp.ClientSession() as http:
+            async def ready():
+                if self.proc.poll() is not None:
+                    pytest.fail(f"prometheus exited: {self.log.read_text()[-2000:]}")
+                try:
+                    async with http.get(f"{self.url}/-/ready") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await until(ready, what="prometheus ready")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            await asyncio.to_thread(self.proc.wait, 20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    async def query(self, expr: str) -> list[dict]:
+        """An instant query; fails the test if Prometheus refuses the expression."""
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{self.url}/api/v1/query", params={"query": expr}) as r:
+                body = await r.json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]
+
+    async def value(self, expr: str) -> float | None:
+        result = await self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    async def target(self) -> dict:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{self.url}/api/v1/targets") as r:
+                [target] = (await r.json())["data"]["activeTargets"]
+        return target
+
+    async def scraped(self, expr: str, expected: float, what: str) -> None:
+        """Wait until Prometheus holds ``expected`` for ``expr`` (the next scrapes bring it)."""
+        async def holds():
+            return await self.value(expr) == expected
+
+        await until(holds, what=f"{what} ({expr} == {expected}) in Prometheus")
+
+
+async def test_prometheus_scrapes_metrics_with_a_bearer_token(tmp_path, fresh_database_url):
+    s = local_settings(tmp_path / "svc", fresh_database_url, sip=True, api=ApiSettings(tokens=["scrape-token"]))
+    async with Service(s) as svc:
+        uac = await RawUac(("127.0.0.1", svc.sip.port)).open()
+        try:
+            async with Prometheus(tmp_path, f"127.0.0.1:{svc.port}", token="scrape-token") as prom:
+                await prom.scraped('up{job="telephony"}', 1, "the first scrape")
+                target = await prom.target()
+                assert target["health"] == "up" and target["lastError"] == ""
+                sent = await call(uac, 1.0, impair=Impairment(loss=0.1, seed=3))
+                [leg] = await all_stored(svc, 1)
+                assert leg["packets_received"] == sent.sent and leg["packets_lost"] > 0
+                await prom.scraped('telephony_calls_total{source="sip",status="completed"}', 1, "the ended call")
+                assert await prom.value('telephony_rtp_packets_received_total{source="sip"}') == leg["packets_received"]
+                assert await prom.value('telephony_rtp_packets_lost_total{source="sip"}') == leg["packets_lost"]
+                assert await prom.value('telephony_sip_responses_total{method="INVITE",code_class="2xx"}') == 1
+                assert await prom.value('process_resident_memory_bytes{job="telephony"}') > 10e6
+        finally:
+            await uac.close()
+
+
+def test_compose_prometheus_and_grafana_files_are_valid():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert {"postgres", "telephony", "prometheus", "grafana"} <= set(compose["services"])
+    for name in ("prometheus", "grafana"):
+        service = compose["services"][name]
+        assert service["network_mode"] == "host"  # beside the service, which needs the host's addresses
+        for volume in service["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (DOCKER / source).exists(), f"{name} mounts {source}, which is not in docker/"
+            else:
+                assert source in compose["volumes"], f"{name}: volume {source} not declared"
+    assert "--web.listen-address=127.0.0.1:9090" in compose["services"]["prometheus"]["command"]
+    check = subprocess.run([debian_tool("promtool"), "check", "config", str(DOCKER / "prometheus.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    [source] = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://127.0.0.1:9090"
+    [provider] = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/telephony.yaml").read_text())["providers"]
+    mounted = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
+    assert mounted["./grafana/dashboards"] == provider["options"]["path"]
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])  # unique ids
+    for p in panels:
+        assert p["datasource"]["uid"] == source["uid"], p["title"]
+        assert p["targets"] and all(t["expr"] and t["refId"] for t in p["targets"]), p["title"]
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the dashboard, with Grafana's variables as Prometheus would get them."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"].replace("label_values(", "group by (instance) (").replace(", instance)", ")")
+              for v in dashboard["templating"]["list"]]
+    return [e.replace("$__rate_interval", "1m").replace("$instance", ".*") for e in exprs]
+
+
+def readme_queries() -> list[str]:
+    blocks = re.findall(r"```promql\n(.*?)```", README.read_text(), re.S)
+    assert blocks, "README has no ```promql examples"
+    return [ln for b in blocks for ln in b.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b((?:telephony|process)_[a-z0-9_]+)", expr))
+
+
+@pytest.mark.slow
+async def test_prometheus_scrapes_a_transcribing_service_and_every_dashboard_query_evaluates(tmp_path, db):  # noqa: F811
+    receiver = await Receiver().start()
+    s = local_settings(tmp_path / "svc", db, sip=True, asr="whisper")
+    s.sip.rate_limit = 0
+    s.metrics.listen = "127.0.0.1:0"  # Prometheus on the metrics listener of its own
+    s.webhooks.urls, s.webhooks.secret = [receiver.url], SECRET
+    pcm = b"".join(read_wav_g711(f"/usr/share/asterisk/sounds/en/{name}.wav") + b"\xff" * 9600
+                   for name in ("hello-world", "all-circuits-busy-now"))
+    try:
+        async with Service(s) as svc, Prometheus(tmp_path, f"127.0.0.1:{svc.metrics.port}") as prom:
+            uac = await RawUac(("127.0.0.1", svc.sip.port)).open()
+            transport, port = await rtp_socket()
+            d = uac.dialog()
+            assert (await d.invite(sdp_offer(port, direction="sendrecv"))).status == 200
+            await send_rtp(d.media_port(0), pcm, transport=transport)
+            transport.close()
+            assert (await d.bye()).status == 200
+            await all_stored(svc, 1)
+            await uac.close()
+            async with svc.runtime.writer._engine.connect() as conn:
+                rows = (await conn.execute(text("SELECT text, latency_ms, engine FROM utterances"))).all()
+            assert len(rows) >= 2 and all(r.engine == "whisper" for r in rows), rows
+            await receiver.wait(lambda: receiver.of_type("call.ended"), 20, "call.ended")
+
+            count = 'telephony_asr_final_latency_seconds_count{engine="whisper"}'
+            await prom.scraped(count, len(rows), "every stored final in the latency histogram")
+            latency_sum = await prom.value('telephony_asr_final_latency_seconds_sum{engine="whisper"}')
+            # End of speech → committed: no less than the hangover, and no less than end of speech → decoded.
+            assert latency_sum >= max(0.3 * len(rows), sum(r.latency_ms for r in rows) / 1000)
+            assert latency_sum / len(rows) < 10
+            assert await prom.value('telephony_asr_decode_seconds_total{engine="whisper"}') > 0
+            assert await prom.value('telephony_asr_decodes_total{engine="whisper",kind="final"}') >= len(rows)
+            assert await prom.value('telephony_vad_windows_total{outcome="scored"}') > 0
+            assert await prom.value('telephony_vad_windows_total{outcome="gated"}') > 0  # the pauses: digital silence
+            assert 0 < await prom.value("telephony_asr_decode_cost_ratio") < 1
+            assert await prom.value("telephony_asr_capacity_legs") > 1
+            await prom.scraped("telephony_webhooks_delivered_total", 2, "call.started and call.ended delivered")
+            from telephony.status import fetch_status, render_status
+
+            assert f"finals    {len(rows)} stored since start; end of speech → stored: p50 ≤ " in render_status(
+                await fetch_status(svc.url))
+
+            # Every name the dashboard and the README's examples use is in a real scrape, and Prometheus
+            # evaluates every one of their expressions.
+            body = (await scrape(svc, url=f"http://127.0.0.1:{svc.metrics.port}/metrics"))
+            scraped = {name for name, _ in body}
+            queries = dashboard_queries() + readme_queries()
+            for expr in queries:
+                missing = metric_names(expr) - scraped
+                assert not missing, f"{expr}: {missing} not in the scrape"
+                await prom.query(expr)
+            p95_panel = next(q for q in dashboard_queries() if q.startswith("histogram_quantile(0.95"))
+            p95 = await prom.value(p95_panel.replace("[5m]", "[1m]"))
+            assert p95 is not None and 0.3 <= p95 <= 60
+    finally:
+        await receiver.stop()
+
+
+async def test_status_shows_totals_read_from_metrics(sip_service):
+    from telephony.status import fetch_status, render_status
+
+    svc, uac = sip_service
+    sent = await call(uac, 1.5, impair=Impairment(loss=0.1, seed=5))
+    [leg] = await all_stored(svc, 1)
+    status = await fetch_status(svc.url)
+    m = status["metrics"]
+    assert (m["rtp_received"], m["rtp_lost"], m["admitted"]) == (sent.sent, leg["packets_lost"], 1)
+    expected = sent.sent + leg["packets_lost"]
+    lost, late = 100 * leg["packets_lost"] / expected, 100 * leg["packets_late"] / expected
+    out = render_status(status)
+    assert f"media     {sent.sent} RTP packets received since start, {lost:.1f} % lost, {late:.1f} % late" in out, out
+    assert "admission 1 admitted, 0 refused since start" in out
+    assert "finals" not in out  # no ASR here: no line rather than zeros
