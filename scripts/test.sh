@@ -12,6 +12,7 @@ APT_PACKAGES=(
   sox                                                  # audio fixtures (μ-law WAV)
   baresip-core linphone-cli kamailio openssl           # independent SIP peers, a SIP proxy, TLS test certificates
   chromium                                             # real browser for the WebRTC softphone tests
+  prometheus                                           # the real Prometheus scrapes /metrics; promtool checks docker/prometheus.yml
 )
 
 missing=()

@@ -36,8 +36,12 @@ TALKING_RECENT_S = 10.0  # a leg that sent audio this recently counts as talking
 
 @dataclass(frozen=True)
 class Refusal:
-    reason: str
+    reason: str  # for people: the SIP reason phrase, the HTTP message
     retry_after_s: int
+    kind: str  # for counting: one of KINDS (a bounded metrics label)
+
+
+KINDS = ("shutting_down", "max_legs", "journal", "media_loop", "asr_backlog", "asr_capacity")
 
 
 class Admission:
@@ -46,6 +50,7 @@ class Admission:
         self.manager = manager
         self.writer = writer
         self.refused: dict[str, int] = {}  # reason -> count
+        self.refused_kinds: dict[str, int] = dict.fromkeys(KINDS, 0)  # kind -> count (metrics)
         self.admitted = 0
         self._last_log = 0.0
 
@@ -81,6 +86,7 @@ class Admission:
             self.admitted += 1
             return None
         self.refused[refusal.reason] = self.refused.get(refusal.reason, 0) + 1
+        self.refused_kinds[refusal.kind] += 1
         now = time.monotonic()
         if now - self._last_log > 10:  # one line per 10 s, however hard the flood
             self._last_log = now
@@ -92,22 +98,22 @@ class Admission:
         retry = s.retry_after_s
         m = self.manager
         if not m.accepting:
-            return Refusal("shutting down", retry)
+            return Refusal("shutting down", retry, "shutting_down")
         if s.max_legs and m.active_legs + legs > s.max_legs:
-            return Refusal(f"at the configured limit of {s.max_legs} legs", retry)
+            return Refusal(f"at the configured limit of {s.max_legs} legs", retry, "max_legs")
         if self.writer is not None and getattr(self.writer, "queued", 0) > s.max_journal_queue:
-            return Refusal("the local journal is falling behind", retry)
+            return Refusal("the local journal is falling behind", retry, "journal")
         if m.clock.lag * 1000 > s.max_loop_lag_ms:
-            return Refusal("media loop saturated", retry)
+            return Refusal("media loop saturated", retry, "media_loop")
         if s.overflow == "record":
             return None
         cap = self.asr_capacity(engine)
         if cap is None:
             return None
         if cap.backlog_s > s.max_backlog_s:
-            return Refusal("transcription backlog", retry)
+            return Refusal("transcription backlog", retry, "asr_backlog")
         if self.talking_legs(engine) + legs > cap.legs:
-            return Refusal(f"transcription at capacity ({cap.legs:.0f} talking legs)", retry)
+            return Refusal(f"transcription at capacity ({cap.legs:.0f} talking legs)", retry, "asr_capacity")
         return None
 
     def status(self) -> dict:

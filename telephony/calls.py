@@ -16,6 +16,7 @@ the call is durable in the journal: an endpoint answers a call only after that.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import Mapping, Protocol
@@ -118,6 +119,7 @@ class LiveLeg:
         self._session = None
         self._pacer = None
         self._ended = False
+        self.counted = False  # its media counters are in the manager's totals (no longer read live)
         self._tasks = []
         if self._asr_on:
             from .asr import SessionInfo
@@ -205,6 +207,9 @@ class LiveLeg:
             manager._submit(LegEvent(new_id(), self.call.id, self.id, "dtmf", self.record.started_ms + at_ms,
                                      event.duration_ms, None if masked else event.key))
         stats = self.media.stats() if isinstance(self.media, MediaLeg) else self.media.stats.as_dict()
+        if isinstance(self.media, MediaLeg):  # the counters move to the process totals in one step (metrics)
+            manager.rtp_ended.update({(self.call.record.source, k): v for k, v in stats.items() if type(v) is int})
+        self.counted = True
         for more in self.stats_from:
             stats.update(more())
         error = getattr(self._session, "error", None)
@@ -269,6 +274,7 @@ class LiveCall:
             log.info("call %s ended (%s): source=%s legs=%d duration=%.1fs utterances=%d", self.id, status,
                      self.record.source, len(self.legs), time.monotonic() - self.t0,
                      sum(leg.transcript.seq for leg in self.legs), extra={"call_id": self.id})
+            self.manager.calls_ended[(self.record.source, status)] += 1
             self.manager._calls.pop(self.id, None)
             if self.manager.bus is not None:
                 self.manager.bus.publish(Caption("call_end", self.id))
@@ -295,6 +301,9 @@ class CallManager:
         self._calls: dict[str, LiveCall] = {}
         self._last: asyncio.Future | None = None  # the newest record's durability
         self.journal_errors = 0
+        # Totals since start, for metrics (live calls and legs are read where they are):
+        self.calls_ended: collections.Counter[tuple[str, str]] = collections.Counter()  # (source, status)
+        self.rtp_ended: collections.Counter[tuple[str, str]] = collections.Counter()  # (source, counter), RTP legs
 
     @property
     def active_calls(self) -> int:

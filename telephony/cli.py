@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--format", choices=["text", "json", "vtt"], default="text")
     tr.set_defaults(func=cmd_transcript)
 
-    st = sub.add_parser("status", help="what the running service is doing (reads its /health)")
+    st = sub.add_parser("status", help="what the running service is doing (reads its /health and /metrics)")
     st.add_argument("--url", help="the service's HTTP address (default: from service.http_host/http_port)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)

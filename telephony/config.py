@@ -185,6 +185,22 @@ class ApiSettings:
 
 
 @dataclass
+class MetricsSettings:
+    enabled: bool = True  # /metrics on the HTTP port, guarded like the API ([api] tokens; loopback only without)
+    listen: str = ""  # "host:port": also serve /metrics on a listener of its own, without a token
+
+    def listen_address(self) -> tuple[str, int] | None:
+        """(host, port) of the own listener, or None; ConfigError for anything but host:port."""
+        if not self.listen:
+            return None
+        host, sep, port = self.listen.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"metrics.listen must be host:port (e.g. 127.0.0.1:9464, [::1]:9464), got {self.listen!r}")
+        return host, int(port)
+
+
+@dataclass
 class WebhookSettings:
     # The simple case, from the environment alone: TELEPHONY_WEBHOOKS_URLS, TELEPHONY_WEBHOOKS_SECRET.
     urls: list[str] = field(default_factory=list)  # http(s) receivers; each gets every event in `events`
@@ -216,6 +232,7 @@ class Settings:
     sip: SipSettings = field(default_factory=SipSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
@@ -277,6 +294,7 @@ class Settings:
             raise ConfigError("asr.workers and asr.beam_size must be at least 1")
         if self.service.log_format not in ("text", "json"):
             raise ConfigError(f"service.log_format must be text or json, got {self.service.log_format!r}")
+        self.metrics.listen_address()  # raises ConfigError for a malformed address
         from .webhooks.endpoints import configured_endpoints
 
         configured_endpoints(self.webhooks)  # raises ConfigError naming the bad setting

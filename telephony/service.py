@@ -2,7 +2,7 @@
 benchmarks and the tests.
 
     start: storage (database → migrations → journal → writer) → ASR engine → call manager
-           → HTTP (health, API, captions, WebRTC signalling) → SIP
+           → metrics → HTTP (health, API, captions, WebRTC signalling, /metrics) → SIP
     stop:  stop taking calls → endpoints end their calls (BYE / peer close) → every open call
            ends (jitter buffers played out, open utterances decoded, last finals stored)
            → HTTP closes → engine → writer (last, so every final is written or journalled)
@@ -43,6 +43,7 @@ class Service:
         self.gateway = None  # WebRtcGateway
         self.sip = None  # SipEndpoint
         self.admission = None  # Admission: one mechanism for every way in
+        self.metrics = None  # telephony.metrics.Metrics, unless [metrics] is off
         self.port = 0  # HTTP port actually bound
         self._runner = None
         self._stopped = False
@@ -91,12 +92,16 @@ class Service:
             self.manager = CallManager(self.settings, self.runtime.engine, self.runtime.writer, CaptionBus(),
                                        instance=(self.runtime.instance_id, self.runtime.run_id), engines=extra)
             self.admission = self.manager.admission = Admission(self.settings, self.manager, self.runtime.writer)
+            self._start_metrics()
             for engine in self.manager.engines.values():
                 calibrate = getattr(engine, "calibrate", None)
                 if calibrate is not None:  # the capacity admission uses: this machine's decode cost, now
                     await asyncio.to_thread(calibrate)
             if self._http:
                 await self._start_http()
+            listen = self.settings.metrics.listen_address()
+            if self.metrics is not None and listen is not None:
+                await self.metrics.listen(*listen)
             if self._sip:
                 from .sip.endpoint import SipEndpoint
 
@@ -119,6 +124,18 @@ class Service:
         self._extra_engines = {name: await asyncio.to_thread(create_engine, s, name) for name in sorted(names)}
         return self._extra_engines
 
+    def _start_metrics(self) -> None:
+        m = self.settings.metrics
+        if not (m.enabled or m.listen):
+            return
+        from .metrics import Metrics
+
+        self.metrics = Metrics(self)
+        # Final latency: the audio end is noted as each final is stored, observed at its commit.
+        self.manager.on_final = self.metrics.latency.on_final
+        if self.runtime.writer.on_utterance is None:
+            self.runtime.writer.on_utterance = self.metrics.latency.on_commit
+
     async def _start_http(self) -> None:
         from aiohttp import web
 
@@ -137,6 +154,8 @@ class Service:
 
         self.app.router.add_get("/health", health)
         self.app.router.add_get("/ready", ready)
+        if self.metrics is not None and self.settings.metrics.enabled:
+            self.metrics.add_route(self.app)  # guarded like /api/ (api/auth.py)
         if self._webrtc:
             from .webrtc import WebRtcGateway
 
@@ -166,6 +185,8 @@ class Service:
 
     async def _close_parts(self) -> None:
         try:
+            if self.metrics is not None:
+                await self.metrics.close()
             if self._runner is not None:
                 await self._runner.cleanup()
             for engine in self._extra_engines.values():

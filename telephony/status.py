@@ -1,7 +1,10 @@
-"""``telephony status``: the running service, as its own ``/health`` (and live-call list) describe it.
+"""``telephony status``: the running service, as its own ``/health``, live-call list and
+``/metrics`` describe it.
 
 Reads only what the service publishes over HTTP, so it works from any machine that
-can reach it, and says so in one line when nothing answers.
+can reach it, and says so in one line when nothing answers. ``/metrics`` adds totals since
+start (finals and their latency, RTP quality, admission); it is read with prometheus-client's
+parser and left out when the service does not let us read it.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 TIMEOUT_S = 5.0
 
@@ -30,6 +34,8 @@ async def fetch_status(url: str, token: str | None = None) -> dict:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             async with http.get(f"{url}/api/calls/live", headers=headers) as r:
                 status["live_calls"] = (await r.json())["calls"] if r.status == 200 else None
+            async with http.get(f"{url}/metrics", headers=headers) as r:
+                status["metrics"] = _metrics(await r.text()) if r.status == 200 else None
     except aiohttp.InvalidURL:
         raise ServiceUnreachable(f"not an HTTP address: {url!r}") from None
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -38,6 +44,42 @@ async def fetch_status(url: str, token: str | None = None) -> dict:
         raise ServiceUnreachable(f"the service is not running at {url} ({reason})") from None
     status["url"] = url
     return status
+
+
+def summarise_metrics(exposition: str) -> dict:
+    """Totals since start from a /metrics scrape, summed over sources and engines."""
+    samples = [s for family in text_string_to_metric_families(exposition) for s in family.samples]
+
+    def total(name: str) -> float:
+        return sum(s.value for s in samples if s.name == name)
+
+    buckets: dict[float, float] = {}
+    for s in samples:
+        if s.name == "telephony_asr_final_latency_seconds_bucket":
+            le = float(s.labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + s.value
+    finals = int(total("telephony_asr_final_latency_seconds_count"))
+
+    def bound(q: float) -> str | None:  # the histogram bucket the q-quantile falls in
+        if not finals:
+            return None
+        le = next(le for le, n in sorted(buckets.items()) if n >= q * finals)
+        return f"≤ {le:g} s" if le != float("inf") else f"> {max(b for b in buckets if b != le):g} s"
+
+    refused = {s.labels["reason"]: int(s.value) for s in samples
+               if s.name == "telephony_admission_refused_total" and s.value}
+    return {"finals": finals, "latency_p50": bound(0.5), "latency_p95": bound(0.95),
+            "rtp_received": int(total("telephony_rtp_packets_received_total")),
+            "rtp_lost": int(total("telephony_rtp_packets_lost_total")),
+            "rtp_late": int(total("telephony_rtp_packets_late_total")),
+            "admitted": int(total("telephony_admission_admitted_total")), "refused": refused}
+
+
+def _metrics(exposition: str) -> dict | None:
+    try:
+        return summarise_metrics(exposition)
+    except (ValueError, KeyError):  # not what this version of the service exposes: leave it out
+        return None
 
 
 def _duration(seconds: float) -> str:
@@ -64,6 +106,18 @@ def render_status(s: dict) -> str:
         if hooks["dead"]:
             line += " (telephony webhooks dead)"
         lines.append(line)
+    m = s.get("metrics")
+    if m:
+        if m["finals"]:
+            lines.append(f"finals    {m['finals']} stored since start; end of speech → stored: "
+                         f"p50 {m['latency_p50']}, p95 {m['latency_p95']}")
+        expected = m["rtp_received"] + m["rtp_lost"]
+        if expected:
+            lines.append(f"media     {m['rtp_received']} RTP packets received since start, "
+                         f"{100 * m['rtp_lost'] / expected:.1f} % lost, {100 * m['rtp_late'] / expected:.1f} % late")
+        refused = ", ".join(f"{reason} {n}" for reason, n in sorted(m["refused"].items()))
+        lines.append(f"admission {m['admitted']} admitted, {sum(m['refused'].values())} refused since start"
+                     + (f" ({refused})" if refused else ""))
     now = datetime.now(timezone.utc)
     for call in s.get("live_calls") or []:
         try:

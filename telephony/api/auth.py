@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .errors import json_error
 
-PROTECTED = ("/api/", "/webrtc/")
+PROTECTED = ("/api/", "/webrtc/", "/metrics")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
 
 

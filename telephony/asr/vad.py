@@ -80,6 +80,7 @@ class VadStream:
         if gated.all() and not self.in_flight:
             # Nothing in flight: silence is answered here, no thread, no model.
             self.gated_run += n
+            self._vad.windows_gated_inline += n
             self.last_gated = windows[-1].copy()
             self.context = self.last_gated[-CONTEXT:]
             self._deliver([0.0] * n)
@@ -110,7 +111,9 @@ class SharedVad:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.windows_scored = 0  # model rows run (the gate's savings show against windows_seen)
-        self.windows_seen = 0
+        self.windows_seen = 0  # windows that reached the thread, of which
+        self.windows_gated = 0  # answered by the gate there, without the model
+        self.windows_gated_inline = 0  # answered by the gate on the event loop (a separate count: another thread)
         self.batches = 0
         if not self._webrtc:
             import onnxruntime as ort
@@ -188,6 +191,7 @@ class SharedVad:
                 window, gated = ws[k]
                 self.windows_seen += 1
                 if gated:
+                    self.windows_gated += 1
                     s.gated_run += 1
                     s.last_gated = window
                     s.context = window[-CONTEXT:]

@@ -40,6 +40,8 @@ T1, T2, TX_LIFETIME = 0.5, 4.0, 32.0  # RFC 3261 timers (s); 64*T1 = 32 s
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 SUPPORTED = ("timer", "siprec")
 NOT_HERE = ("REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "NOTIFY")
+# Methods counted by name; any other token counts as "other" (a bounded set of metrics labels).
+COUNTED = frozenset(("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "PRACK") + NOT_HERE)
 
 
 @dataclass
@@ -149,6 +151,7 @@ class UserAgentServer:
         self._sweeper: asyncio.Task | None = None
         self.counters = {"received": 0, "malformed": 0, "dropped": 0, "errors": 0}
         self.requests: collections.Counter[str] = collections.Counter()  # by method, for metrics and tests
+        self.responses: collections.Counter[tuple[str, int]] = collections.Counter()  # (method, status // 100) sent
 
     @property
     def ports(self) -> dict[str, int]:
@@ -223,6 +226,7 @@ class UserAgentServer:
             return
         flow.send(response_for(req, r.status, r.reason, source=flow.remote if flow.transport == "UDP" else None,
                                to_tag=uuid.uuid4().hex[:10]))
+        self._sent(req.method, r.status)
 
     def _on_response(self, resp: SipResponse) -> None:
         tx = self._client_tx.get(resp.branch or "")
@@ -232,7 +236,7 @@ class UserAgentServer:
         # Responses that match nothing (RFC 4475 3.1.1.12, 3.3.10 ...) are dropped silently.
 
     def _on_request(self, req: SipRequest, flow: Flow) -> None:
-        self.requests[req.method if len(self.requests) < 64 else "other"] += 1
+        self.requests[req.method if req.method in COUNTED else "other"] += 1
         key = _tx_key(req)
         if req.method == "ACK":
             self._on_ack(req, key)
@@ -326,6 +330,7 @@ class UserAgentServer:
         tx = self._server_tx.setdefault(_tx_key(req), _ServerTx(None, flow, time.monotonic()))
         tx.response, tx.final = data, True
         d._pending_2xx = _Retransmit(flow, data, on_timeout=lambda: self._ack_timeout(d))
+        self._sent(req.method, answer.status)
         self._arm_session_timer(d)
 
     def _session_expires(self, req: SipRequest) -> int | None:
@@ -413,6 +418,7 @@ class UserAgentServer:
                 d._pending_2xx = _Retransmit(flow, data)
             else:
                 flow.send(data)
+            self._sent(m, answer.status)
             if answer.status < 300:
                 self._arm_session_timer(d)  # a refresh
             return
@@ -494,6 +500,10 @@ class UserAgentServer:
         tx.response = data
         tx.final = tx.final or status >= 200
         flow.send(data)
+        self._sent(req.method, status)
+
+    def _sent(self, method: str, status: int) -> None:
+        self.responses[(method if method in COUNTED else "other", status // 100)] += 1
 
 
 def _tx_key(req: SipRequest, method: str | None = None) -> tuple:
