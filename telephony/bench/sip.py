@@ -32,7 +32,9 @@ lost, ≥ 99 % of utterances finalised, second-half p95 not above the first's by
 max(25 %, 0.25 s)), and each engine's capacity as a ratio to the naive baseline's. With
 admission on (the default), calls beyond the capacity the service measured are refused and
 the level does not count as sustained: that is what a user gets. ``--admission off`` lifts
-the transcription-capacity check, to find where the decoders themselves give out.
+the transcription-capacity check, to find where the decoders themselves give out. The ratio is
+only as fine as the levels tried (``--search 1,2,3,4,6,8,12,16``); a baseline that sustains no
+level at 1.0 s gives no ratio there: ``--limits 2.0`` adds a looser limit to compare at.
 
 Prints tables and writes JSON (``--out``). The machine's load average is in the JSON: the
 other processes on a shared machine take CPU from the server.
