@@ -50,6 +50,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,18 +106,17 @@ def _server(engine_name: str, admission: bool) -> None:
         while True:
             line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
             if line == "legs":  # the calls are set up: where each leg's timeline starts
-                import threading
-
                 legs = {leg.id: {"t0": leg.t0, "started_ms": leg.record.started_ms, "ordinal": leg.record.ordinal,
                                  "speaker": leg.speaker, "call": call.record.external_id}
                         for call in service.manager.calls() for leg in call.legs}
-                threads = {t.native_id: t.name for t in threading.enumerate()}
-                print(json.dumps({"legs": legs, "threads": threads}), flush=True)
+                print(json.dumps({"legs": legs}), flush=True)
             else:  # "stop", or the driver went away
                 break
         report = {"admission": service.admission.status(),  # (capacity as measured now, when on)
                   "media_clock_max_late_ms": round(service.manager.clock.max_lateness * 1000, 1),
-                  "decodes": dict(getattr(getattr(service.engine, "scheduler", None), "stats", {}))}
+                  "decodes": dict(getattr(getattr(service.engine, "scheduler", None), "stats", {})),
+                  # Python's threads by kernel id, before they stop (some start with the first audio).
+                  "threads": {t.native_id: t.name for t in threading.enumerate()}}
         await service.stop()  # every call ended, every final stored
         print(json.dumps(report), flush=True)
 
@@ -301,7 +301,7 @@ async def _level(server: _Server, hello: dict, db: BenchDatabase, calls: int, st
     pipeline = {k.replace("packets_", ""): sum(r[k] or 0 for r in rows) for k in keys}
     n = max(1, len(admitted))
     server_cpu = sum(threads.values()) / window
-    names = {int(k): v for k, v in snapshot["threads"].items()}
+    names = {int(k): v for k, v in report.pop("threads").items()}
     return {
         "calls": calls, "admitted": len(admitted), "refused": len(refused), "refusals": refused[:5],
         "legs": len(admitted) * streams, "secs": secs,
@@ -528,6 +528,8 @@ def main(argv=None) -> None:
     ap.add_argument("--loss", type=float, default=0)
     ap.add_argument("--reorder", type=float, default=0)
     ap.add_argument("--jitter-ms", type=float, default=0)
+    ap.add_argument("--data-dir", default="",
+                    help="the servers' data directory (journal, converted models kept between runs); default: a temporary one")
     ap.add_argument("--out", default="bench-sip.json")
     ap.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server-engine", default="none", help=argparse.SUPPRESS)
@@ -567,7 +569,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="telephony-bench-") as tmp:
         db = BenchDatabase.open(Path(tmp))
         try:
-            data_dir = Path(tmp) / "data"
+            data_dir = Path(a.data_dir).expanduser() if a.data_dir else Path(tmp) / "data"
             if not levels:
                 r = run_once(a.calls, engine=engine, config=config, overload=a.overload, db=db, data_dir=data_dir, **kw)
                 r["sustained"] = {str(x): sustained(r, x) for x in limits}
