@@ -112,13 +112,14 @@ def _server(engine_name: str, admission: bool) -> None:
                 print(json.dumps({"legs": legs}), flush=True)
             else:  # "stop", or the driver went away
                 break
-        report = {"admission": service.admission.status(),  # (capacity as measured now, when on)
-                  "media_clock_max_late_ms": round(service.manager.clock.max_lateness * 1000, 1),
-                  "decodes": dict(getattr(getattr(service.engine, "scheduler", None), "stats", {})),
-                  # Python's threads by kernel id, before they stop (some start with the first audio).
-                  "threads": {t.native_id: t.name for t in threading.enumerate()}}
+        # Python's threads by kernel id, before they stop (some start with the first audio).
+        threads = {t.native_id: t.name for t in threading.enumerate()}
+        admitted = service.admission.status()  # (with the capacity as measured now, when on)
         await service.stop()  # every call ended, every final stored
-        print(json.dumps(report), flush=True)
+        print(json.dumps({"admission": admitted, "threads": threads,
+                          "media_clock_max_late_ms": round(service.manager.clock.max_lateness * 1000, 1),
+                          "decodes": dict(getattr(getattr(service.engine, "scheduler", None), "stats", {}))}),
+              flush=True)
 
     asyncio.run(run())
 
