@@ -57,9 +57,12 @@ def open_journal(data_dir: Path) -> Journal:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, asr: bool = True):
+    def __init__(self, settings: Settings, *, asr: bool = True, engine=None):
+        """``engine``: an ASR engine built by the caller instead of ``[asr] engine`` (the benchmarks'
+        baseline, which is no product setting); closed here like our own."""
         self.settings = settings
         self._want_asr = asr
+        self._given_engine = engine
         self.database_url: str | None = None
         self.writer: RecordWriter | None = None
         self.engine = None
@@ -84,7 +87,9 @@ class Runtime:
         # 'interrupted', after whatever that run still had in the journal is written.
         self.writer.enqueue(InstanceRecovered(self._journal.instance_id, self.run_id))
         self.webhooks = await start_delivery(s, self.database_url, outbox)
-        if self._want_asr:
+        if self._given_engine is not None:
+            self.engine = self._given_engine
+        elif self._want_asr:
             self.engine = create_engine(s)
         return self
 

@@ -27,15 +27,17 @@ log = logging.getLogger(__name__)
 
 
 class Service:
-    """``http``/``sip``/``webrtc``: which faces to open (None: as the settings say)."""
+    """``http``/``sip``/``webrtc``: which faces to open (None: as the settings say). ``engine``: an
+    ASR engine to use instead of the one ``[asr] engine`` names (see ``Runtime``)."""
 
     def __init__(self, settings: Settings, *, http: bool = True, sip: bool | None = None,
-                 webrtc: bool | None = None, asr: bool = True):
+                 webrtc: bool | None = None, asr: bool = True, engine=None):
         self.settings = settings
         self._http = http
         self._sip = settings.sip.enabled if sip is None else sip
         self._webrtc = (settings.webrtc.enabled if webrtc is None else webrtc) and http
         self._asr = asr
+        self._engine = engine
         self.started = time.monotonic()
         self.runtime: Runtime | None = None
         self.manager: CallManager | None = None
@@ -85,7 +87,7 @@ class Service:
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> "Service":
-        self.runtime = Runtime(self.settings, asr=self._asr)
+        self.runtime = Runtime(self.settings, asr=self._asr, engine=self._engine)
         await self.runtime.__aenter__()
         try:
             extra = await self._more_engines()

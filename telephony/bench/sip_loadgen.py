@@ -47,13 +47,16 @@ class SendStats:
     dropped: int = 0
     reordered: int = 0
     duration_s: float = 0.0
+    marks: dict[tuple[int, int], float] = field(default_factory=dict)  # (leg, frame) -> when it was sent
 
 
 async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, ptime_ms: int = 20,
                    impair: Impairment | None = None, ssrc: int | None = None, transport=None,
-                   seq0: int | None = None, local_port: int = 0, local_host: str = "127.0.0.1") -> SendStats:
+                   seq0: int | None = None, local_port: int = 0, local_host: str = "127.0.0.1",
+                   t0: float | None = None, marks: set[int] | None = None) -> SendStats:
     """Stream ``payload`` (8 kHz G.711) as RTP to ``sock_addr`` in real time, from ``local_port``
-    (the port our SDP announced: the service takes media only from there). Returns what was sent."""
+    (the port our SDP announced: the service takes media only from there). Returns what was sent;
+    ``t0`` and ``marks`` as for ``send_rtp_many`` (the leg is leg 0)."""
     loop = asyncio.get_running_loop()
     own = transport is None
     if own:
@@ -65,8 +68,16 @@ async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, p
     ts = rnd.getrandbits(32)
     step = 8 * ptime_ms
     stats = SendStats()
-    held: bytes | None = None
-    t0 = time.monotonic()
+    held: tuple[bytes, int] | None = None  # a packet held back, and its frame
+    t0 = time.monotonic() if t0 is None else t0
+    marks = marks or set()
+
+    def send(pkt: bytes, frame: int) -> None:
+        transport.sendto(pkt, sock_addr)
+        stats.sent += 1
+        if frame in marks:
+            stats.marks[(0, frame)] = time.monotonic()
+
     n = 0
     for off in range(0, len(payload), step):
         chunk = payload[off:off + step]
@@ -74,6 +85,7 @@ async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, p
             chunk = chunk + bytes([0xFF if pt == 0 else 0xD5]) * (step - len(chunk))
         pkt = build_rtp(pt, seq + n, ts + n * step, ssrc, chunk, marker=(n == 0))
         due = t0 + n * ptime_ms / 1000 + (rnd.uniform(0, impair.jitter_ms) / 1000 if impair.jitter_ms else 0)
+        frame = n
         n += 1
         delay = due - time.monotonic()
         if delay > 0:
@@ -82,18 +94,15 @@ async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, p
             stats.dropped += 1
             continue
         if held is None and rnd.random() < impair.reorder:
-            held = pkt
+            held = (pkt, frame)
             stats.reordered += 1
             continue
-        transport.sendto(pkt, sock_addr)
-        stats.sent += 1
+        send(pkt, frame)
         if held is not None:
-            transport.sendto(held, sock_addr)
-            stats.sent += 1
+            send(*held)
             held = None
     if held is not None:
-        transport.sendto(held, sock_addr)
-        stats.sent += 1
+        send(*held)
     stats.duration_s = n * ptime_ms / 1000
     if own:
         transport.close()
@@ -101,11 +110,13 @@ async def send_rtp(sock_addr: tuple[str, int], payload: bytes, *, pt: int = 0, p
 
 
 async def send_rtp_many(addrs: list[tuple[str, int]], payload: bytes | list[bytes], *, pt: int = 0,
-                        ptime_ms: int = 20, stagger: bool = True, local_port: int = 0) -> SendStats:
+                        ptime_ms: int = 20, stagger: bool = True, local_port: int = 0, t0: float | None = None,
+                        marks: list[set[int]] | None = None) -> SendStats:
     """Stream ``payload`` (one for all, or one per address, of equal length) to every address at
     once from one socket and one timer (load tests: one task per leg would make the sender, not
     the server, the bottleneck). Legs are spread evenly over the 20 ms period, as independent
-    phones would be."""
+    phones would be. ``t0``: the start of the schedule (several senders on one clock);
+    ``marks``: per address, the frames whose actual send time to record in ``stats.marks``."""
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", local_port))
     step = 8 * ptime_ms
@@ -117,7 +128,8 @@ async def send_rtp_many(addrs: list[tuple[str, int]], payload: bytes | list[byte
     offsets = [(i * ptime_ms / 1000 / n_legs) if stagger else 0.0 for i in range(n_legs)]
     order = sorted(range(n_legs), key=lambda i: offsets[i])
     stats = SendStats()
-    t0 = time.monotonic()
+    t0 = time.monotonic() if t0 is None else t0
+    marked = marks or [set()] * n_legs
     for n in range(len(frames)):
         for i in order:
             delay = t0 + n * ptime_ms / 1000 + offsets[i] - time.monotonic()
@@ -125,6 +137,8 @@ async def send_rtp_many(addrs: list[tuple[str, int]], payload: bytes | list[byte
                 await asyncio.sleep(delay)
             transport.sendto(build_rtp(pt, n, n * step, 1000 + i, per_leg[i][n], marker=(n == 0)), addrs[i])
             stats.sent += 1
+            if n in marked[i]:
+                stats.marks[(i, n)] = time.monotonic()
     stats.duration_s = len(frames) * ptime_ms / 1000
     transport.close()
     return stats
