@@ -106,8 +106,12 @@ def test_cpu_by_stage_from_thread_times():
     after = stages.thread_cpu(os.getpid())  # sampled while it runs (a finished thread is gone)
     done.set()
     t.join()
-    names = {th.native_id: th.name for th in threading.enumerate()} | {t.native_id: t.name}
-    rows = stages.by_stage(stages.delta(before, after), names, 0.4, postgres=0.04, driver=0.0)
+    # only this test's threads: other tests may leave threads of their own running in this process
+    main_id = threading.main_thread().native_id
+    mine = {k: v for k, v in stages.delta(before, after).items() if k in (t.native_id, main_id)}
+    assert t.native_id in mine
+    names = {main_id: "MainThread", t.native_id: t.name}
+    rows = stages.by_stage(mine, names, 0.4, postgres=0.04, driver=0.0)
     vad = next(r for r in rows if r["stage"] == stages.VAD)
     assert 0.3 <= vad["cores"] <= 1.2, rows  # the thread spun ~0.4 s of 0.4 s (a busy machine takes some)
     assert rows[0] is vad and abs(sum(r["share"] for r in rows) - 1) < 0.01

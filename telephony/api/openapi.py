@@ -70,11 +70,14 @@ SCHEMAS = {
         "type": "object", "required": ["id", "ordinal", "speaker"],
         "properties": {
             "id": _UUID, "ordinal": {"type": "integer"}, "speaker": {"type": "string"}, "role": _NULLABLE_STR,
-            "codec": _NULLABLE_STR, "started_ms": {"type": "integer"}, "duration_ms": {"type": ["integer", "null"]},
+            "codec": _NULLABLE_STR, "sample_rate": {"type": ["integer", "null"]},
+            "started_ms": {"type": "integer"}, "duration_ms": {"type": ["integer", "null"]},
             "ended_at": {"type": ["string", "null"]},
             **{k: {"type": ["integer", "null"]} for k in (
                 "packets_received", "packets_lost", "packets_late", "packets_duplicate", "packets_reordered",
                 "packets_malformed", "silence_ms")},
+            "packets_foreign": {"type": ["integer", "null"],
+                                "description": "datagrams from a source signalling did not announce (or failing SRTP): dropped"},
             "jitter_ms": {"type": ["number", "null"]}, "stats": {"type": ["object", "null"]},
             "meta": {"type": "object"}}},
     "Utterance": {

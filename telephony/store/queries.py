@@ -123,9 +123,9 @@ async def get_call(engine: AsyncEngine, call_id: str | uuid.UUID) -> dict[str, A
             raise CallNotFound(str(cid))
         legs = (await conn.execute(
             text(
-                "SELECT id, ordinal, speaker, role, codec, started_ms, duration_ms, ended_at,"
+                "SELECT id, ordinal, speaker, role, codec, sample_rate, started_ms, duration_ms, ended_at,"
                 " packets_received, packets_lost, packets_late, packets_duplicate, packets_reordered,"
-                " packets_malformed, silence_ms, jitter_ms, stats, meta"
+                " packets_malformed, packets_foreign, silence_ms, jitter_ms, stats, meta"
                 " FROM legs WHERE call_id = :id ORDER BY ordinal, id"
             ),
             {"id": cid},
