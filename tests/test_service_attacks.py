@@ -221,3 +221,24 @@ async def test_a_restart_closes_only_its_own_dead_run_not_another_instance(fresh
         assert b.stop() == 0
     got = {r["external_id"]: r["status"] for r in await rows(fresh_database_url, "SELECT external_id, status FROM calls")}
     assert got[ids["b"]] == "completed"  # b ended its own call at its graceful stop
+
+
+async def test_sigterm_mid_call_stores_what_was_said(fresh_database_url, tmp_path):
+    """A graceful stop with a call in flight (no BYE yet) still finalises and stores its speech."""
+    env = serve_env(fresh_database_url, tmp_path / "data")
+    serve = Serve(env, tmp_path)
+    name = "conf-onlyperson"
+    try:
+        serve.wait_healthy(60)
+        audio = read_wav_g711(str(write_wav(tmp_path / "talk.wav", np.concatenate([silence(0.3), prompt_8k(name)]))))
+        uac = await RawUac(("127.0.0.1", int(env["TELEPHONY_SIP_PORT"]))).open()
+        d = uac.dialog()
+        assert (await d.invite(sdp_offer(47000, direction="sendrecv"), timeout=10)).status == 200
+        await send_rtp(d.media_port(0), audio, local_port=d.offer_port(0))  # speech ends right before the stop
+        await uac.close()
+    finally:
+        assert serve.stop() == 0  # SIGTERM with the call still up
+    calls = await rows(fresh_database_url, "SELECT id, status, ended_at FROM calls")
+    assert len(calls) == 1 and calls[0]["status"] == "completed" and calls[0]["ended_at"] is not None
+    said = " ".join(r["text"] for r in await rows(fresh_database_url, "SELECT text FROM utterances ORDER BY start_ms"))
+    assert wer(prompt_text(name), said) <= 0.25, said
