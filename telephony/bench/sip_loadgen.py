@@ -10,14 +10,18 @@ time with optional loss, reordering and jitter. Real third-party peers
 from __future__ import annotations
 
 import asyncio
-import audioop
 import random
 import time
 import uuid
+import warnings
 import wave
 from dataclasses import dataclass, field
 
 from ..media.rtp import build_rtp
+
+with warnings.catch_warnings():  # stdlib on 3.11/3.12, audioop-lts from 3.13 (as in media/codecs.py)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
 
 
 def read_wav_g711(path: str, codec: str = "PCMU") -> bytes:
