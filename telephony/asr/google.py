@@ -42,6 +42,7 @@ from .settings import GoogleSettings, resolve_api_key
 from .streaming import Segment, ServiceError, StreamingEngine, WireFormat
 
 AUTH = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+PROBE_WAIT_S = 0.3  # how long the engine's first stream waits for a refusal before it writes
 FATAL = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNIMPLEMENTED", "NOT_FOUND")
 
 
@@ -61,19 +62,30 @@ class GoogleConnection:
         self._requests_q: asyncio.Queue = asyncio.Queue()
         self._requests_q.put_nowait(first_request)
         self._call = None
+        self._go = asyncio.Event()  # set when requests may be written
         self._last_end = 0.0
         self.request_id: str | None = None
 
     async def _requests(self):
+        await self._go.wait()
         while True:
             item = await self._requests_q.get()
             if item is None:
                 return  # half-close: the server finalises and ends the call
             yield item
 
-    async def start(self, client, metadata) -> None:
+    async def start(self, client, metadata, *, probe: bool = False) -> None:
         self._call = await client.streaming_recognize(requests=self._requests(), retry=None, timeout=None,
                                                       metadata=metadata)
+        if probe:
+            # The engine's first stream: give the server a moment to refuse us at the headers before
+            # we write. A refusal that arrives while we write surfaces as grpc's local INTERNAL instead
+            # of UNAUTHENTICATED, and would be retried against a service that already said no.
+            try:
+                await asyncio.wait_for(self._call.initial_metadata(), PROBE_WAIT_S)
+            except Exception:
+                pass  # no headers yet (or the call failed: results() reports its status)
+        self._go.set()
 
     async def send_audio(self, data: bytes) -> None:
         self._requests_q.put_nowait(self._speech.StreamingRecognizeRequest(audio_content=data))
@@ -177,7 +189,7 @@ class GoogleEngine(StreamingEngine):
         conn = GoogleConnection(self._speech, self.config(fmt))
         metadata = [("x-goog-api-key", self._key)] if self._key and self._plaintext else []
         try:
-            await conn.start(self.client(), metadata)
+            await conn.start(self.client(), metadata, probe=not self.verified)
         except Exception as exc:
             if hasattr(exc, "grpc_status_code") or type(exc).__name__ == "AioRpcError":
                 raise _status_error(exc) from None
