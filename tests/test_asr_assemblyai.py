@@ -79,7 +79,10 @@ async def test_expired_session_continues_on_a_new_one_without_loss_or_duplicates
     run = await run_leg(engine, audio)
     await engine.close()
     # Every session expires after the same audio; each new one starts at the end of the last final.
-    assert len(fake.conns) >= 2 and set(fake.errors) == {3008} and len(fake.errors) == len(fake.conns) - 1
+    # The last session may expire too, when the audio since the last final reaches the limit again
+    # while it finalises: then nothing is left to send and no new session follows.
+    assert len(fake.conns) >= 2 and set(fake.errors) == {3008}
+    assert len(fake.conns) - 1 <= len(fake.errors) <= len(fake.conns)
     assert bytes(fake.conns[0].audio) == run.wire[:len(fake.conns[0].audio)]
     for prev, conn, rec in zip(fake.conns, fake.conns[1:], run.session.connections[1:]):
         start = rec["start"]
