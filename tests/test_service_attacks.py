@@ -145,6 +145,11 @@ async def test_invite_flood_from_one_source_leaves_health_others_and_memory_alon
         await wait_until(lambda: _no_active(fresh_database_url), 60, "flood calls ended")
         await asyncio.sleep(2)
         rss_end = proc.memory_info().rss
+        print("flood figures:", json.dumps({"statuses": statuses, "answered": len(answered_ids),
+                                            "health_max_s": round(max(latencies), 3), "health_checks": len(latencies),
+                                            "legit_wer": round(wer([prompt_text("agent-alreadyon") + " " + prompt_text(
+                                                "pls-hold-while-try")], [text]), 3),
+                                            "rss_start_mb": rss_start >> 20, "rss_end_mb": rss_end >> 20}))
         assert rss_end <= 1.2 * rss_start, (rss_start, rss_end)
     finally:
         assert serve.stop() == 0, serve.stderr()[-3000:]
