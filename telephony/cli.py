@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--legs", type=int, default=10, help="concurrent real-time legs for the latency run")
     b.add_argument("--duration", type=float, default=60.0, help="seconds of audio per leg in the latency run")
     b.add_argument("--prompts", type=int, default=60, help="Asterisk prompts in the WER run")
-    b.add_argument("--only", action="append", choices=["pipeline", "asr", "wer", "latency"], help="run only these parts")
+    b.add_argument("--only", action="append", choices=["pipeline", "asr", "wer", "codecs", "latency"],
+                   help="run only these parts (codecs: WER through μ-law, G.722 and Opus RTP)")
     b.add_argument("--out", default="bench.json")
     b.set_defaults(func=cmd_bench)
     b.add_argument("extra", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
