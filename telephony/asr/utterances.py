@@ -137,6 +137,14 @@ class UtteranceSession:
             self._check_done()
         await self._finished.wait()
 
+    async def flush(self) -> None:
+        """Cut the open utterance now; returns once every utterance cut so far is decoded and delivered."""
+        if self._finishing:
+            return
+        await self._endpointer.flush()
+        while self._deliver_seq < self._next_seq:
+            await asyncio.sleep(0.02)
+
     async def events(self) -> AsyncIterator[Partial | Final]:
         while True:
             ev = await self._events.get()
