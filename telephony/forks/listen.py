@@ -452,15 +452,15 @@ class ListenEndpoint:
         refused = self._admit(request_id, params.legs)
         if refused is not None:
             return refused
+        protocols = ("token",) if "token" in request.headers.get("Sec-WebSocket-Protocol", "").lower() else ()
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, protocols=protocols)
+        ws.headers["dg-request-id"] = request_id
         record = CallRecord(id=request_id, source="listen", started_at=utcnow(), remote_addr=request.remote,
                             meta={"listen": params.as_meta()})
         try:
             call = await self.manager.start_call(record)
         except RuntimeError as exc:  # shutting down
             return _error(503, "unavailable", str(exc), request_id, {"Retry-After": "5"})
-        protocols = ("token",) if "token" in request.headers.get("Sec-WebSocket-Protocol", "").lower() else ()
-        ws = web.WebSocketResponse(max_msg_size=self.settings.max_frame_bytes, protocols=protocols,
-                                   headers={"dg-request-id": request_id})
         stream = ListenStream(ws, self.manager, self.settings, params, call)
         pump = None
         try:
