@@ -192,3 +192,175 @@ async def test_a_wav_stream_without_encoding_is_read_from_its_header(plain):
         await ws.send_bytes(b"OggS" + bytes(100))
         await ws.receive(timeout=10)
         assert ws.close_code == 1003
+
+
+# -- real speech through the embedded engine (slow) -------------------------------------------------
+
+@pytest.fixture
+async def asr(tmp_path, fresh_database_url):
+    async with Service(settings_for(tmp_path, fresh_database_url, asr="moonshine", max_buffer_s=1.0)) as svc:
+        yield svc
+
+
+def check_results_shape(msg: dict, channels: int, call_id: str, audio_s: float) -> None:
+    assert set(msg) >= {"type", "channel_index", "duration", "start", "is_final", "speech_final", "channel", "metadata"}
+    assert msg["channel_index"][1] == channels and 0 <= msg["channel_index"][0] < channels
+    assert 0 <= msg["start"] and msg["start"] + msg["duration"] <= audio_s + 0.05
+    alt = msg["channel"]["alternatives"][0]
+    assert alt["transcript"] and 0 <= alt["confidence"] <= 1
+    words = alt["words"]
+    assert [w["punctuated_word"] for w in words] == alt["transcript"].split() or len(words) == len(alt["transcript"].split())
+    assert words[0]["start"] == pytest.approx(msg["start"], abs=0.002)
+    assert words[-1]["end"] == pytest.approx(msg["start"] + msg["duration"], abs=0.002)
+    assert all(w["start"] <= w["end"] for w in words)
+    assert msg["metadata"]["request_id"] == call_id and msg["metadata"]["model_info"]["name"] == "moonshine"
+
+
+@pytest.mark.slow
+async def test_paced_and_unpaced_streams_give_the_same_transcript_within_bounded_buffers(asr):
+    names = ("agent-pass", "conf-onlyperson")
+    pcm = prompt_audio(*names)
+    audio_s = len(pcm) / 8000
+    audio = encode(pcm, "linear16")
+    peak = 0.0
+
+    async def watch():
+        nonlocal peak
+        while True:
+            for call in asr.manager.calls():
+                for leg in call.legs:
+                    peak = max(peak, leg.backlog_s)
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    paced, unpaced = await asyncio.gather(
+        stream(asr.url, audio, params={**L16_8K, "utterance_end_ms": "1000", "interim_results": "true"},
+               bytes_per_s=16000, paced=True, headers=AUTH),
+        stream(asr.url, audio, params={**L16_8K, "punctuate": "true"}, bytes_per_s=16000, paced=False, headers=AUTH))
+    watcher.cancel()
+    ref = " ".join(prompt_text(n) for n in names)
+    for s in (paced, unpaced):
+        assert s.close_code == 1000
+        assert wer([ref], [s.text()]) <= MAX_WER, s.text()
+        (meta,) = s.of_type("Metadata")
+        assert meta["duration"] == pytest.approx(audio_s, abs=0.001) and meta["channels"] == 1
+        assert s.messages[-1]["type"] == "Metadata"
+        for m in s.finals():
+            check_results_shape(m, 1, meta["request_id"], audio_s)
+    # Same words either way (the pacer feeds ASR in real time whatever the client does).
+    assert wer([paced.text()], [unpaced.text()]) == 0, (paced.text(), unpaced.text())
+    assert unpaced.text() != unpaced.text().lower()  # punctuate=true keeps the engine's casing
+    assert paced.text() == paced.text().lower() and "." not in paced.text()
+    # Backpressure: the server held at most max_buffer_s (1 s) per leg ahead of real time (+ one 100 ms frame);
+    # the rest waited unread in the socket (the kernel's loopback buffers took it all: the client's sends
+    # returned at once). The watcher did see the unpaced leg run ahead.
+    assert 0.5 <= peak <= 1.0 + 0.15, peak
+    assert not any(m["type"] == "Results" and not m["is_final"] for m in unpaced.messages)  # no interim_results
+    ends = paced.of_type("UtteranceEnd")
+    assert ends and ends[-1]["last_word_end"] == pytest.approx(
+        paced.finals()[-1]["start"] + paced.finals()[-1]["duration"], abs=0.002)
+    assert paced.messages.index(ends[-1]) > paced.messages.index(paced.finals()[-1])
+    await stored(asr)
+    for s in (paced, unpaced):
+        call_id = s.of_type("Metadata")[0]["request_id"]
+        (call,) = await rows(asr.database_url, "SELECT source, status FROM calls WHERE id = :c", c=call_id)
+        assert call == {"source": "listen", "status": "completed"}
+        (leg,) = await rows(asr.database_url, "SELECT speaker, duration_ms FROM legs WHERE call_id = :c", c=call_id)
+        assert leg["speaker"] == "channel 0" and abs(leg["duration_ms"] - audio_s * 1000) <= 40, leg
+        texts = await rows(asr.database_url, "SELECT text FROM utterances WHERE call_id = :c ORDER BY start_ms", c=call_id)
+        assert wer([ref], [" ".join(t["text"] for t in texts)]) <= MAX_WER
+
+
+@pytest.mark.slow
+async def test_multichannel_mulaw_gives_one_leg_per_channel_with_its_speaker(asr):
+    a, b = prompt_audio("agent-pass"), prompt_audio("conf-getpin")
+    n = max(len(a), len(b)) + 8000
+    pcm = np.zeros((n, 2), np.int16)
+    pcm[: len(a), 0] = a
+    pcm[8000: 8000 + len(b), 1] = b
+    s = await stream(asr.url, encode(pcm, "mulaw"), params={"encoding": "mulaw", "sample_rate": "8000",
+                                                            "channels": "2", "multichannel": "true"},
+                     bytes_per_s=16000, paced=False, headers=AUTH)
+    meta = s.of_type("Metadata")[0]
+    assert meta["channels"] == 2 and meta["duration"] == pytest.approx(n / 8000, abs=0.001)
+    assert wer([prompt_text("agent-pass")], [s.text(0)]) <= MAX_WER, s.text(0)
+    assert wer([prompt_text("conf-getpin")], [s.text(1)]) <= MAX_WER, s.text(1)
+    for m in s.finals():
+        check_results_shape(m, 2, meta["request_id"], n / 8000)
+    assert min(m["start"] for m in s.finals(1)) >= 0.75  # channel 1's speech starts 1 s in (200 ms pre-roll)
+    await stored(asr)
+    got = await rows(asr.database_url, "SELECT l.speaker, string_agg(u.text, ' ' ORDER BY u.start_ms) AS text "
+                     "FROM legs l JOIN utterances u ON u.leg_id = l.id WHERE l.call_id = :c GROUP BY l.speaker",
+                     c=meta["request_id"])
+    by = {r["speaker"]: r["text"] for r in got}
+    assert wer([prompt_text("agent-pass")], [by["channel 0"]]) <= MAX_WER
+    assert wer([prompt_text("conf-getpin")], [by["channel 1"]]) <= MAX_WER
+
+
+def trimmed(pcm: np.ndarray) -> np.ndarray:
+    """Speech without its trailing silence: no pause for the VAD to end the utterance on."""
+    loud = np.nonzero(np.abs(pcm) > 400)[0]
+    return pcm[: loud[-1] + 80]
+
+
+@pytest.mark.slow
+async def test_abrupt_close_keeps_what_was_said_and_finalize_cuts_the_utterance_now(asr):
+    speech = trimmed(prompt_audio("agent-pass", gap_s=0))
+    gone, finalized = await asyncio.gather(
+        stream(asr.url, encode(speech, "linear16"), params=L16_8K, bytes_per_s=16000, paced=False,
+               end="abrupt", headers=AUTH),
+        stream(asr.url, encode(trimmed(prompt_audio("conf-getpin", gap_s=0)), "alaw"),
+               params={"encoding": "alaw", "sample_rate": "8000"}, bytes_per_s=8000, paced=True, end="finalize",
+               headers=AUTH))
+    # Finalize: the final came while the stream was open (no trailing pause to end it), then Metadata, 1000.
+    assert wer([prompt_text("conf-getpin")], [finalized.text()]) <= MAX_WER, finalized.text()
+    assert finalized.close_code == 1000 and finalized.messages[-1]["type"] == "Metadata"
+    # Abrupt close with audio still waiting in the server (sent faster than real time): all of it is
+    # transcribed and stored.
+    await asyncio.sleep(0.5)
+    for _ in range(100):
+        if asr.manager.active_calls == 0:
+            break
+        await asyncio.sleep(0.1)
+    await stored(asr)
+    (call,) = await rows(asr.database_url, "SELECT id, status FROM calls WHERE source = 'listen' AND id <> :c",
+                         c=finalized.of_type("Metadata")[0]["request_id"])
+    assert call["status"] == "completed"
+    texts = await rows(asr.database_url, "SELECT text FROM utterances WHERE call_id = :c", c=call["id"])
+    assert wer([prompt_text("agent-pass")], [" ".join(t["text"] for t in texts)]) <= MAX_WER, texts
+    (leg,) = await rows(asr.database_url, "SELECT duration_ms FROM legs WHERE call_id = :c", c=call["id"])
+    assert abs(leg["duration_ms"] - len(speech) / 8) <= 40
+
+
+@pytest.mark.slow
+async def test_prerecorded_stereo_wav_and_raw_mulaw(asr):
+    a, b = prompt_audio("agent-pass"), prompt_audio("conf-getpin")
+    n = max(len(a), len(b))
+    pcm = np.zeros((n, 2), np.int16)
+    pcm[: len(a), 0] = a
+    pcm[: len(b), 1] = b
+    async with aiohttp.ClientSession(asr.url, headers=AUTH) as http:
+        async with http.post("/v1/listen", params={"multichannel": "true", "utterances": "true", "model": "nova-3"},
+                             data=wav_bytes(pcm), headers={"Content-Type": "audio/wav"}) as r:
+            assert r.status == 200, await r.text()
+            stereo = await r.json()
+            assert r.headers["dg-request-id"] == stereo["metadata"]["request_id"]
+        async with http.post("/v1/listen", params={"encoding": "mulaw", "sample_rate": "8000"},
+                             data=encode(a, "mulaw"), headers={"Content-Type": "audio/mulaw"}) as r:
+            assert r.status == 200, await r.text()
+            mono = await r.json()
+    md = stereo["metadata"]
+    assert md["channels"] == 2 and md["duration"] == pytest.approx(n / 8000, abs=0.001)
+    chans = stereo["results"]["channels"]
+    assert wer([prompt_text("agent-pass")], [chans[0]["alternatives"][0]["transcript"]]) <= MAX_WER
+    assert wer([prompt_text("conf-getpin")], [chans[1]["alternatives"][0]["transcript"]]) <= MAX_WER
+    utts = stereo["results"]["utterances"]
+    assert {u["channel"] for u in utts} == {0, 1} and all(0 <= u["start"] < u["end"] <= n / 8000 for u in utts)
+    assert [u["start"] for u in utts] == sorted(u["start"] for u in utts)
+    assert "utterances" not in mono["results"] and mono["metadata"]["channels"] == 1
+    assert wer([prompt_text("agent-pass")], [mono["results"]["channels"][0]["alternatives"][0]["transcript"]]) <= MAX_WER
+    await stored(asr)
+    got = await rows(asr.database_url, "SELECT c.source, l.speaker, l.duration_ms FROM calls c JOIN legs l "
+                     "ON l.call_id = c.id WHERE c.id = :c ORDER BY l.speaker", c=md["request_id"])
+    assert [(r["source"], r["speaker"]) for r in got] == [("listen", "channel 0"), ("listen", "channel 1")]
+    assert all(abs(r["duration_ms"] - n / 8) <= 40 for r in got)
