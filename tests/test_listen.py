@@ -364,3 +364,29 @@ async def test_prerecorded_stereo_wav_and_raw_mulaw(asr):
                      "ON l.call_id = c.id WHERE c.id = :c ORDER BY l.speaker", c=md["request_id"])
     assert [(r["source"], r["speaker"]) for r in got] == [("listen", "channel 0"), ("listen", "channel 1")]
     assert all(abs(r["duration_ms"] - n / 8) <= 40 for r in got)
+
+
+async def test_service_stop_says_goodbye_and_stores_the_stream(tmp_path, fresh_database_url):
+    svc = await Service(settings_for(tmp_path, fresh_database_url)).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{svc.url}/v1/listen?encoding=linear16&sample_rate=8000", headers=AUTH) as ws:
+                await ws.send_bytes(bytes(16000))  # 1 s
+                await asyncio.sleep(0.3)
+                stopping = asyncio.create_task(svc.stop())
+                meta = json.loads((await ws.receive(timeout=10)).data)
+                closing = await ws.receive(timeout=10)
+                await stopping
+    finally:
+        await svc.stop()
+    assert meta["type"] == "Metadata" and meta["duration"] == 1.0
+    assert closing.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
+    (leg,) = await rows(fresh_database_url, "SELECT l.duration_ms, c.status FROM legs l JOIN calls c ON c.id = l.call_id")
+    assert leg == {"duration_ms": 1000, "status": "completed"}
+
+
+async def test_a_foreign_origin_is_refused(plain):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await plain.http.ws_connect("/v1/listen?encoding=mulaw&sample_rate=8000",
+                                    headers={**AUTH, "Origin": "https://evil.example"})
+    assert exc.value.status == 403

@@ -247,7 +247,7 @@ def split_channels(pcm: np.ndarray, multichannel: bool) -> list[np.ndarray]:
     return [pcm.astype(np.int32).mean(axis=1).astype(np.int16)]
 
 
-def decode_file(data: bytes) -> tuple[int, np.ndarray]:
+def decode_file(data: bytes, max_decoded_bytes: int) -> tuple[int, np.ndarray]:
     """(rate, (samples, channels) int16) of a whole file in any container/codec FFmpeg reads (PyAV)."""
     import av
 
@@ -260,9 +260,12 @@ def decode_file(data: bytes) -> tuple[int, np.ndarray]:
             if not rate or not channels:
                 raise ValueError("the file's audio stream has no sample rate or channel count")
             resampler = av.AudioResampler(format="s16", layout=stream.layout, rate=rate)
-            parts = []
+            parts, size = [], 0
             for frame in container.decode(stream):
                 parts.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+                size += frame.samples * channels * 2
+                if size > max_decoded_bytes:  # a small compressed file can hold hours of audio
+                    raise ValueError(f"it decodes to more than {max_decoded_bytes >> 20} MiB of PCM")
             parts.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
     except av.error.FFmpegError as exc:
         raise ValueError(f"cannot decode the audio: {exc.strerror or exc}") from None
@@ -555,7 +558,7 @@ class ListenEndpoint:
                     data = data[: len(data) - len(data) % frame]
                 rate, pcm = params.sample_rate, decode_pcm(data, params.encoding).reshape(-1, params.channels)
             else:
-                rate, pcm = await asyncio.to_thread(decode_file, data)
+                rate, pcm = await asyncio.to_thread(decode_file, data, 8 * limit)
         except ValueError as exc:
             return _error(400, "bad_request", f"unusable audio: {exc}", request_id)
         if not len(pcm):
