@@ -109,9 +109,14 @@ async def test_api_key_as_token_bearer_or_query_and_refusals(plain):
             except aiohttp.WSServerHandshakeError as exc:
                 got = exc.status
             assert got == expect, (headers, q)
+        # Browsers cannot set headers on a WebSocket: Deepgram's subprotocol form.
+        async with http.ws_connect(f"{url}/v1/listen?encoding=mulaw&sample_rate=8000", protocols=("token", TOKEN)) as ws:
+            assert ws.protocol == "token"
+            await ws.send_str('{"type": "CloseStream"}')
+            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "Metadata"
 
 
-async def test_bad_text_frames_and_oversized_frames_close_with_a_reason(plain):
+async def test_bad_text_frames_and_oversized_frames_close_with_a_reason(plain, caplog):
     for send, code, reason in [
         (lambda ws: ws.send_str("not json"), 1003, "JSON"),
         (lambda ws: ws.send_str('{"type": "Configure"}'), 1008, "unknown message type 'Configure'"),
@@ -131,6 +136,7 @@ async def test_bad_text_frames_and_oversized_frames_close_with_a_reason(plain):
     legs = await rows(plain.database_url, "SELECT l.duration_ms FROM legs l JOIN calls c ON c.id = l.call_id "
                       "WHERE c.source = 'listen' AND c.ended_at IS NOT NULL")
     assert [leg["duration_ms"] for leg in legs] == [100, 100, 100]
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]  # no tracebacks
 
 
 async def test_keepalive_holds_the_stream_open_and_silence_times_out_with_1011(plain):
@@ -160,7 +166,7 @@ async def test_admission_refuses_with_503_and_retry_after_before_upgrading(plain
         assert "configured limit of 2 legs" in (await r.json())["err_msg"]
 
 
-async def test_prerecorded_limits_and_bad_bodies(plain):
+async def test_prerecorded_limits_and_bad_bodies(plain, caplog):
     cases = [
         (bytes(30000), {"encoding": "linear16", "sample_rate": "8000"}, "audio/l16", 413, "limit of 20000 bytes"),
         (b"garbage" * 100, {}, "audio/wav", 400, "unusable audio"),
@@ -174,6 +180,7 @@ async def test_prerecorded_limits_and_bad_bodies(plain):
             assert says in (await r.json())["err_msg"]
     async with plain.http.post("/v1/listen", data=wav_bytes(np.zeros(800, np.int16))) as r:
         assert r.status == 401
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
 
 
 async def test_a_wav_stream_without_encoding_is_read_from_its_header(plain):
@@ -256,6 +263,9 @@ async def test_paced_and_unpaced_streams_give_the_same_transcript_within_bounded
     # returned at once). The watcher did see the unpaced leg run ahead.
     assert 0.5 <= peak <= 1.0 + 0.15, peak
     assert not any(m["type"] == "Results" and not m["is_final"] for m in unpaced.messages)  # no interim_results
+    interim = [m for m in paced.messages if m["type"] == "Results" and not m["is_final"]]
+    assert interim and all(not m["speech_final"] and m["channel"]["alternatives"][0]["transcript"] for m in interim)
+    print(f"paced stream: {len(interim)} interim results, {len(paced.finals())} finals")
     ends = paced.of_type("UtteranceEnd")
     assert ends and ends[-1]["last_word_end"] == pytest.approx(
         paced.finals()[-1]["start"] + paced.finals()[-1]["duration"], abs=0.002)
