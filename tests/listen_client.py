@@ -32,7 +32,8 @@ class Session:
     messages: list[dict] = field(default_factory=list)
     close_code: int | None = None
     close_reason: str = ""
-    send_s: float = 0.0  # how long sending the audio took (backpressure shows here)
+    send_s: float = 0.0  # how long sending the audio took
+    finals_before_close: int = 0  # finals received before we sent CloseStream
 
     def finals(self, channel: int | None = None) -> list[dict]:
         return [m for m in self.messages if m.get("type") == "Results" and m["is_final"]
@@ -53,9 +54,10 @@ async def receive_all(ws, session: Session) -> None:
 
 
 async def stream(url: str, audio: bytes, *, params: dict, bytes_per_s: int, paced: bool, chunk_ms: int = 100,
-                 end: str = "close", headers: dict | None = None, timeout: float = 60) -> Session:
+                 end: str = "close", headers: dict | None = None, timeout: float = 60,
+                 finalize_wait: float = 10) -> Session:
     """Send ``audio`` in ``chunk_ms`` frames (in real time if ``paced``), then ``end``: "close" (CloseStream),
-    "finalize" (Finalize, wait for a final, then CloseStream) or "abrupt" (drop the TCP connection)."""
+    "finalize" (Finalize, wait up to ``finalize_wait`` s for a final, then CloseStream) or "abrupt" (drop the TCP connection)."""
     session = Session()
     chunk = max(1, bytes_per_s * chunk_ms // 1000)
     async with aiohttp.ClientSession() as http:
@@ -73,10 +75,11 @@ async def stream(url: str, audio: bytes, *, params: dict, bytes_per_s: int, pace
             return session
         if end == "finalize":
             await ws.send_str(json.dumps({"type": "Finalize"}))
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + finalize_wait
             while not session.finals() and time.monotonic() < deadline:
                 await ws.send_str(json.dumps({"type": "KeepAlive"}))
                 await asyncio.sleep(0.2)
+        session.finals_before_close = len(session.finals())
         await ws.send_str(json.dumps({"type": "CloseStream"}))
         await asyncio.wait_for(reader, timeout)
         session.close_reason = str(ws.close_code)

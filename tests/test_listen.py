@@ -323,6 +323,7 @@ async def test_abrupt_close_keeps_what_was_said_and_finalize_cuts_the_utterance_
                params={"encoding": "alaw", "sample_rate": "8000"}, bytes_per_s=8000, paced=True, end="finalize",
                headers=AUTH))
     # Finalize: the final came while the stream was open (no trailing pause to end it), then Metadata, 1000.
+    assert finalized.finals_before_close >= 1
     assert wer([prompt_text("conf-getpin")], [finalized.text()]) <= MAX_WER, finalized.text()
     assert finalized.close_code == 1000 and finalized.messages[-1]["type"] == "Metadata"
     # Abrupt close with audio still waiting in the server (sent faster than real time): all of it is
