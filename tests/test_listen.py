@@ -212,6 +212,7 @@ async def asr(tmp_path, fresh_database_url):
 def check_results_shape(msg: dict, channels: int, call_id: str, audio_s: float) -> None:
     assert set(msg) >= {"type", "channel_index", "duration", "start", "is_final", "speech_final", "channel", "metadata"}
     assert msg["channel_index"][1] == channels and 0 <= msg["channel_index"][0] < channels
+    assert msg["from_finalize"] is False  # (these streams send no Finalize)
     assert 0 <= msg["start"] and msg["start"] + msg["duration"] <= audio_s + 0.05
     alt = msg["channel"]["alternatives"][0]
     assert alt["transcript"] and 0 <= alt["confidence"] <= 1
@@ -323,7 +324,8 @@ async def test_abrupt_close_keeps_what_was_said_and_finalize_cuts_the_utterance_
                params={"encoding": "alaw", "sample_rate": "8000"}, bytes_per_s=8000, paced=True, end="finalize",
                headers=AUTH))
     # Finalize: the final came while the stream was open (no trailing pause to end it), then Metadata, 1000.
-    assert finalized.finals_before_close >= 1
+    assert finalized.finals_before_close >= 1 and finalized.finals()[-1]["from_finalize"] is True
+    assert not any(m["from_finalize"] for m in gone.messages if m.get("type") == "Results")
     assert wer([prompt_text("conf-getpin")], [finalized.text()]) <= MAX_WER, finalized.text()
     assert finalized.close_code == 1000 and finalized.messages[-1]["type"] == "Metadata"
     # Abrupt close with audio still waiting in the server (sent faster than real time): all of it is

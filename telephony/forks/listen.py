@@ -323,6 +323,7 @@ class ListenStream:
         self.sub = manager.bus.subscribe(call.id, maxsize=10_000)
         self.model_uuid, self.model_info = model_info(call.engine_name)
         self.last_word_end: dict[int, float] = {}  # channel -> end of its last final, until UtteranceEnd is sent
+        self.finalized: set[tuple[str, int]] = set()  # (leg id, end ms) of utterances a Finalize cut
         self.created = utcnow()
 
     @property
@@ -355,7 +356,10 @@ class ListenStream:
         await asyncio.gather(*(leg.wait_below(self.settings.max_buffer_s) for leg in self.legs))
 
     async def finalize(self) -> None:
-        await asyncio.gather(*(leg.flush() for leg in self.legs))
+        def marker(leg_id):
+            return lambda end_ms: self.finalized.add((leg_id, end_ms))
+
+        await asyncio.gather(*(leg.flush(marker(leg.id)) for leg in self.legs))
 
     # -- out -------------------------------------------------------------------------------------
     def _results(self, c, is_final: bool) -> dict:
@@ -365,7 +369,8 @@ class ListenStream:
         conf = round(c.confidence, 4) if c.confidence is not None else 0.0
         words = words_for(c.text, start, end, conf)
         return {"type": "Results", "channel_index": [idx, self.n_channels], "duration": round(end - start, 3),
-                "start": round(start, 3), "is_final": is_final, "speech_final": is_final, "from_finalize": False,
+                "start": round(start, 3), "is_final": is_final, "speech_final": is_final,
+                "from_finalize": is_final and (c.leg_id, c.end_ms) in self.finalized,
                 "channel": {"alternatives": [{"transcript": transcript_of(c.text, words, self.params.punctuate),
                                               "confidence": conf, "words": words}]},
                 "metadata": {"request_id": self.request_id, "model_info": self.model_info,
