@@ -32,7 +32,6 @@ class Session:
     messages: list[dict] = field(default_factory=list)
     close_code: int | None = None
     close_reason: str = ""
-    send_s: float = 0.0  # how long sending the audio took
     finals_before_close: int = 0  # finals received before we sent CloseStream
 
     def finals(self, channel: int | None = None) -> list[dict]:
@@ -68,7 +67,6 @@ async def stream(url: str, audio: bytes, *, params: dict, bytes_per_s: int, pace
             if paced:
                 await asyncio.sleep(max(0.0, t0 + n * chunk_ms / 1000 - time.monotonic()))
             await ws.send_bytes(audio[i:i + chunk])
-        session.send_s = time.monotonic() - t0
         if end == "abrupt":
             ws._response.connection.transport.abort()  # no close frame: a crashed client
             reader.cancel()

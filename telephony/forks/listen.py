@@ -431,7 +431,6 @@ class ListenEndpoint:
         self.manager = manager
         self.full = settings  # Settings
         self.settings = settings.listen
-        self._batch = asyncio.Semaphore(max(1, self.settings.max_prerecorded))
         self._batch_busy = 0
 
     def _admit(self, request_id: str, legs: int) -> web.Response | None:
