@@ -12,6 +12,7 @@ import wave
 import aiohttp
 import numpy as np
 import pytest
+import soxr
 
 from telephony.bench.accuracy import wer
 from telephony.bench.local import local_settings
@@ -362,6 +363,10 @@ async def test_prerecorded_stereo_wav_and_raw_mulaw(asr):
                              data=encode(a, "mulaw"), headers={"Content-Type": "audio/mulaw"}) as r:
             assert r.status == 200, await r.text()
             mono = await r.json()
+        hifi = (soxr.resample(a.astype(np.float32), 8000, 44100) * 0.9).astype(np.int16)  # a CD-rate file
+        async with http.post("/v1/listen", data=wav_bytes(hifi, rate=44100)) as r:
+            assert r.status == 200, await r.text()
+            cd = await r.json()
     md = stereo["metadata"]
     assert md["channels"] == 2 and md["duration"] == pytest.approx(n / 8000, abs=0.001)
     chans = stereo["results"]["channels"]
@@ -370,6 +375,8 @@ async def test_prerecorded_stereo_wav_and_raw_mulaw(asr):
     utts = stereo["results"]["utterances"]
     assert {u["channel"] for u in utts} == {0, 1} and all(0 <= u["start"] < u["end"] <= n / 8000 for u in utts)
     assert [u["start"] for u in utts] == sorted(u["start"] for u in utts)
+    assert cd["metadata"]["duration"] == pytest.approx(len(a) / 8000, abs=0.001)
+    assert wer([prompt_text("agent-pass")], [cd["results"]["channels"][0]["alternatives"][0]["transcript"]]) <= MAX_WER
     assert "utterances" not in mono["results"] and mono["metadata"]["channels"] == 1
     assert wer([prompt_text("agent-pass")], [mono["results"]["channels"][0]["alternatives"][0]["transcript"]]) <= MAX_WER
     await stored(asr)
