@@ -63,9 +63,9 @@ def _pcm_audio(leg: PcmLegInput, rate: int | None):
 
 
 async def transcribe_call(call: CallInput, settings: Settings, engine, sink,
-                          progress: Callable[[float], None] | None = None) -> CallResult:
+                          progress: Callable[[float], None] | None = None, source: str = "file") -> CallResult:
     """Transcribe every leg of ``call`` concurrently and hand all records to ``sink``."""
-    record = CallRecord(id=new_id(), source="file", started_at=utcnow(), external_id=call.path,
+    record = CallRecord(id=new_id(), source=source, started_at=utcnow(), external_id=call.path,
                         from_uri=call.meta.get("from"), to_uri=call.meta.get("to"),
                         meta={k: v for k, v in call.meta.items() if isinstance(v, (str, int, float, bool, list, dict))} | {"kind": call.kind})
     await sink.enqueue(record)

@@ -174,6 +174,17 @@ class LiveLeg:
         if self._pacer is not None:
             await self._pacer.wait_below(seconds)
 
+    async def flush(self, on_cut=None) -> None:
+        """Stream legs (a client's Finalize): feed what waits in the pacer (but a last partial chunk) and
+        cut the open utterance now, for engines that can (the embedded ones); then its final is out.
+        ``on_cut(end_ms)``: the cut utterance's end, told before its final is published."""
+        if self._pacer is None or self._ended:
+            return
+        await self._pacer.wait_below((self._pacer.chunk - 1) / self._pacer.rate)
+        flush = getattr(self._session, "flush", None)
+        if flush is not None:
+            await flush(on_cut)
+
     def _tick(self, now: float) -> None:
         due = int((now - self.t0) / FRAME_S)
         while self.media.frames < due:

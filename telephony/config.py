@@ -217,6 +217,19 @@ class WebhookSettings:
     retention_days: float = 7.0  # delivered events are kept this long, then deleted
 
 
+@dataclass
+class ListenSettings:
+    """The Deepgram-compatible /v1/listen endpoint (telephony/forks/listen.py)."""
+
+    enabled: bool = True
+    max_channels: int = 8  # channels per stream or file (one leg each with multichannel=true)
+    max_frame_bytes: int = 262144  # one WebSocket message; larger: close 1009
+    max_buffer_s: float = 2.0  # audio a leg holds ahead of real time before the socket is no longer read
+    media_timeout_s: float = 10.0  # no audio and no KeepAlive this long: finals sent, close 1011 (Deepgram's own)
+    max_body_bytes: int = 64 << 20  # POST /v1/listen file size; larger: 413
+    max_prerecorded: int = 1  # files transcribed at once; more: 503 + Retry-After (batch decoding is CPU-bound)
+
+
 # The speech services' sections live beside their code (light dataclasses, no client imported).
 from .asr.settings import AssemblyAISettings, DeepgramSettings, GoogleSettings, validate_streaming  # noqa: E402
 
@@ -234,6 +247,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    listen: ListenSettings = field(default_factory=ListenSettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
     google: GoogleSettings = field(default_factory=GoogleSettings)

@@ -162,6 +162,10 @@ class Service:
             from .webrtc import WebRtcGateway
 
             self.gateway = WebRtcGateway(self.manager, self.settings.webrtc)
+        if self.settings.listen.enabled:
+            from .forks.listen import add_routes as add_listen
+
+            add_listen(self.app, self.manager, self.settings)  # Deepgram-compatible /v1/listen
         mount(self.app, manager=self.manager, database_url=self.runtime.database_url,
               settings=self.settings.api, webrtc=self.gateway)
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -89,3 +89,26 @@ async def test_silent_legs_never_reach_the_model_and_many_legs_share_one():
     assert vad.windows_scored <= talking_windows + 4 * 8  # silence never ran the model
     assert vad.batches < vad.windows_scored  # several legs per inference
     vad.close()
+
+
+async def test_flush_cuts_the_open_utterance_and_the_next_one_follows():
+    """A client's Finalize: speech without its closing pause is cut now, and segmenting goes on after it."""
+    a = telephone(prompt_8k("agent-pass"))
+    a = a[: np.nonzero(np.abs(a) > 400)[0][-1] + 80]  # no trailing pause for the hangover to end it on
+    settings = VadSettings()
+    vad = SharedVad(settings)
+    out = []
+    e = Endpointer(settings, vad, out.append)
+    audio = to_16k(np.concatenate([silence(0.5), a]))
+    for i in range(0, len(audio), 1600):
+        e.feed(audio[i:i + 1600])
+        await asyncio.sleep(0)
+    await e.flush()  # scores what was fed, then cuts
+    assert len(out) == 1 and not e.in_speech and not out[0].forced
+    assert out[0].end / RATE >= 0.5 + len(a) / 8000 - 0.1
+    b = to_16k(np.concatenate([silence(0.5), telephone(prompt_8k("auth-thankyou")), silence(1.0)]))
+    for i in range(0, len(b), 1600):
+        e.feed(b[i:i + 1600])
+        await asyncio.sleep(0)
+    await e.finish()
+    assert len(out) == 2 and out[1].start >= out[0].end

@@ -42,8 +42,22 @@ def presented_token(request: web.Request) -> str | None:
     return None
 
 
+def token_valid(tokens: list[str], token: str) -> bool:
+    """Compare with every token in constant time: no early exit that leaks which one matched."""
+    ok = False
+    for t in tokens:
+        if t:
+            ok |= hmac.compare_digest(t.encode(), token.encode())
+    return ok
+
+
+def loopback_request(request: web.Request) -> bool:
+    """From a loopback peer that addresses us by a loopback name (what no-token mode trusts)."""
+    return _is_loopback(request.remote) and _host_name(request.host).lower() in LOOPBACK_NAMES
+
+
 def auth_middleware(tokens: list[str]):
-    valid = [t.encode() for t in tokens if t]
+    valid = [t for t in tokens if t]
 
     @web.middleware
     async def middleware(request: web.Request, handler):
@@ -54,15 +68,11 @@ def auth_middleware(tokens: list[str]):
             if token is None:
                 return json_error(401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)",
                                   headers={"WWW-Authenticate": 'Bearer realm="telephony"'})
-            # Compare with every token in constant time: no early exit that leaks which one matched.
-            ok = False
-            for t in valid:
-                ok |= hmac.compare_digest(t, token.encode())
-            if not ok:
+            if not token_valid(tokens, token):
                 return json_error(401, "unauthorized", "invalid bearer token",
                                   headers={"WWW-Authenticate": 'Bearer realm="telephony", error="invalid_token"'})
             return await handler(request)
-        if not _is_loopback(request.remote) or _host_name(request.host).lower() not in LOOPBACK_NAMES:
+        if not loopback_request(request):
             return json_error(403, "forbidden", "no API token configured: only loopback clients using a loopback "
                               "host name may call the API (set api.tokens to open it to others)")
         return await handler(request)

@@ -15,7 +15,9 @@ from .errors import json_error
 
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"
-EXPOSE_HEADERS = "Location, X-Call-Id, X-Session-Id, Retry-After"
+EXPOSE_HEADERS = "Location, X-Call-Id, X-Session-Id, Retry-After, dg-request-id"
+# Authenticated in their handlers (Deepgram's Token scheme), but under the same Origin rule.
+ORIGIN_CHECKED = PROTECTED + ("/v1/listen",)
 
 
 def _same_origin(request: web.Request, origin: str) -> bool:
@@ -32,7 +34,7 @@ def cors_middleware(origins: list[str]):
     @web.middleware
     async def middleware(request: web.Request, handler):
         origin = request.headers.get("Origin")
-        if origin is None or not request.path.startswith(PROTECTED) or _same_origin(request, origin):
+        if origin is None or not request.path.startswith(ORIGIN_CHECKED) or _same_origin(request, origin):
             return await handler(request)
         if not permitted(origin):
             return json_error(403, "forbidden", f"origin {origin[:100]!r} is not allowed (api.cors_origins)")

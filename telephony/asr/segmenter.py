@@ -134,6 +134,16 @@ class Endpointer:
             if u is not None:
                 self._emit(u)
 
+    async def flush(self) -> Utterance | None:
+        """Cut the open utterance now (a client's Finalize): audio fed so far is scored first. The cut, if any."""
+        await self._idle.wait()
+        if self._start is None:
+            return None
+        u = self._close(self._last_speech + min(self._hangover, self._scored - self._last_speech) // 2)
+        if u is not None:
+            self._emit(u)
+        return u
+
     def _step(self, p: float, pos: int) -> Utterance | None:
         if self._start is None:
             if p >= self._on:

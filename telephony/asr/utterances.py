@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 import numpy as np
 
@@ -136,6 +136,17 @@ class UtteranceSession:
             self._cut_all = True
             self._check_done()
         await self._finished.wait()
+
+    async def flush(self, on_cut: Callable[[int], None] | None = None) -> None:
+        """Cut the open utterance now; returns once every utterance cut so far is decoded and delivered.
+        ``on_cut(end_ms)``: told the cut utterance's end (ms in the call) before its Final can be out."""
+        if self._finishing:
+            return
+        u = await self._endpointer.flush()
+        if u is not None and on_cut is not None:
+            on_cut(self._ms(u.end))
+        while self._deliver_seq < self._next_seq:
+            await asyncio.sleep(0.02)
 
     async def events(self) -> AsyncIterator[Partial | Final]:
         while True:
