@@ -217,6 +217,17 @@ class WebhookSettings:
     retention_days: float = 7.0  # delivered events are kept this long, then deleted
 
 
+@dataclass
+class RedactionSettings:
+    # Applied to every final and partial before it is stored, captioned or sent (telephony/redaction.py).
+    enabled: bool = False
+    cards: bool = True  # Luhn-valid card numbers (13-19 digits), written as digits or spoken as words
+    # Other identifiers, each replaced with the replacement of its name: [[redaction.patterns]]
+    # name = "ssn", regex = '\b\d{3}-\d{2}-\d{4}\b'. Environment: comma-separated "name=regex".
+    patterns: list[dict] = field(default_factory=list)
+    replacement: str = "[{name}]"  # {name}: "card" or the pattern's name
+
+
 # The speech services' sections live beside their code (light dataclasses, no client imported).
 from .asr.settings import AssemblyAISettings, DeepgramSettings, GoogleSettings, validate_streaming  # noqa: E402
 
@@ -234,6 +245,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    redaction: RedactionSettings = field(default_factory=RedactionSettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
     google: GoogleSettings = field(default_factory=GoogleSettings)
@@ -298,6 +310,9 @@ class Settings:
         from .webhooks.endpoints import configured_endpoints
 
         configured_endpoints(self.webhooks)  # raises ConfigError naming the bad setting
+        from .redaction import Redactor
+
+        Redactor(self.redaction)  # raises ConfigError for a bad pattern or replacement
 
 
 def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
