@@ -1,0 +1,228 @@
+"""Redaction: the matcher on ASR-formatted text, settings, and a real call with a spoken card number.
+
+The end-to-end test speaks a Luhn-valid test card with espeak-ng (synthetic speech: a test input,
+never an accuracy measure), sends it as RTP through a live call with real ASR, PostgreSQL and
+webhooks, and then looks for the digits everywhere the text could have gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+
+from telephony.asr import Final, Partial
+from telephony.calls import CallManager
+from telephony.captions import CaptionBus
+from telephony.config import ConfigError, RedactionSettings, Settings, load_settings
+from telephony.records import CallRecord, LegRecord, new_id, utcnow
+from telephony.redaction import Redactor, luhn
+from telephony.runtime import Runtime
+from telephony.store.database import asyncpg_dsn
+from telephony.transcript import LegTranscript
+
+from .rtp_sender import packets, play
+from .speech import prompt_8k, silence, telephone
+from .sql import rows
+from .webhooks_receiver import SECRET, Receiver, db  # noqa: F401 (db: fixture)
+
+CARD = "4539148803436467"  # a Luhn-valid test number (no issuer's real account)
+CARD_GROUPS = ("4539", "1488", "0343", "6467")
+
+
+def redact(text: str, **kw) -> str:
+    return Redactor(RedactionSettings(enabled=True, **kw)).text(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("My card is 4539 1488 0343 6467, thanks.", "My card is [card], thanks."),
+    ("It's 4539-1488-0343-6467.", "It's [card]."),
+    ("4539148803436467", "[card]"),
+    ("The card number in 4539, 1488, 0343, 6467.", "The card number in [card]."),  # Moonshine on espeak
+    ("card four five three nine one four eight eight zero three four three six four six seven ok",
+     "card [card] ok"),  # Whisper on the same audio
+    ("four five three nine, one four double eight, oh three four three, six four six seven", "[card]"),
+    ("4539 one four eight eight 0343 six four six seven please", "[card] please"),
+    ("amex 3782 822463 10005 expires", "amex [card] expires"),  # 15 digits
+    ("forty-five thirty-nine fourteen eighty-eight oh three four three sixty-four sixty-seven", "[card]"),
+    ("4,539148803436467", "[card]"),  # Whisper's thousands separator
+])
+def test_card_numbers_in_digits_words_and_mixed_are_replaced(text, expected):
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "call me back on 555 123 4567",  # a phone number: 10 digits
+    "one two three four five six seven eight nine zero one two",  # 12 digits: never a card
+    "4539 1488 0343 6468",  # fails Luhn, and no stretch of whole groups of 13-19 digits passes
+    "order 12 of 2024 costs 1,500 dollars",
+    "one of those",
+])
+def test_numbers_that_are_not_cards_are_kept(text):
+    assert not luhn("4539148803436468")
+    assert redact(text) == text
+
+
+def test_a_longer_run_is_redacted_where_a_stretch_passes_luhn():
+    # The ASR adds or drops digits and runs a card into neighbouring numbers, so any stretch of whole
+    # parts of 13-19 digits that passes Luhn goes: safer, at the price of hiding some other long numbers.
+    out = redact("it's 2 4539 1488 0343 6467 5 ok")
+    assert out.startswith("it's ") and out.endswith(" ok") and "[card]" in out and not any(g in out for g in CARD_GROUPS)
+    assert redact("four five three nine one four eight eight zero three four three six four six eight") == \
+        "[card] six eight"  # 4539148803436 passes Luhn
+
+
+def test_custom_patterns_and_replacement_format():
+    s = RedactionSettings(enabled=True, patterns=[{"name": "ssn", "regex": r"\b\d{3}-\d{2}-\d{4}\b"},
+                                                  "member=(?i)member id \\w+"],
+                          replacement="<{name} removed>")
+    r = Redactor(s)
+    assert r.text("ssn 123-45-6789, member ID AB12, card 4539 1488 0343 6467") == \
+        "ssn <ssn removed>, <member removed>, card <card removed>"
+    assert Redactor(RedactionSettings(enabled=True, cards=False)).text("4539 1488 0343 6467") == "4539 1488 0343 6467"
+
+
+def test_settings_from_toml_and_environment_and_precise_errors(tmp_path):
+    toml = tmp_path / "t.toml"
+    toml.write_text('[redaction]\nenabled = true\n[[redaction.patterns]]\nname = "ssn"\nregex = \'\\d{3}-\\d{2}-\\d{4}\'\n')
+    s = load_settings(toml, env={})
+    assert s.redaction.enabled and Redactor.from_settings(s.redaction).text("is 123-45-6789") == "is [ssn]"
+    s = load_settings(env={"TELEPHONY_REDACTION_ENABLED": "true", "TELEPHONY_REDACTION_PATTERNS": "pin=pin \\d+"})
+    assert Redactor.from_settings(s.redaction).text("my pin 1234") == "my [pin]"
+    assert Redactor.from_settings(load_settings(env={}).redaction) is None  # off by default
+    with pytest.raises(ConfigError, match=r"redaction.patterns\[0\] \(bad\): bad regex"):
+        load_settings(env={"TELEPHONY_REDACTION_PATTERNS": "bad=(unclosed"})
+    with pytest.raises(ConfigError, match="name=regex"):
+        load_settings(env={"TELEPHONY_REDACTION_PATTERNS": "noequals"})
+    with pytest.raises(ConfigError, match="replacement"):
+        load_settings(env={"TELEPHONY_REDACTION_REPLACEMENT": "[{kind}]"})
+
+
+def _transcript(redactor):
+    stored, captions, hooked = [], [], []
+    bus = CaptionBus()
+    sub = bus.subscribe()
+    leg = LegRecord(id=new_id(), call_id="c", speaker="Alice")
+    t = LegTranscript("c", leg, stored.append, bus, lambda rec, ev: hooked.append(ev.text), redactor)
+    return t, stored, sub, hooked
+
+
+def test_leg_transcript_redacts_finals_partials_and_hooks_and_a_card_cut_in_two():
+    r = Redactor(RedactionSettings(enabled=True))
+    t, stored, sub, hooked = _transcript(r)
+    t.partial(Partial("my card is four five three nine one four", 0, 900))  # 6 digits: maybe a card, hidden
+    t.partial(Partial("call 555 12", 0, 900))  # too short to matter yet
+    t.final(Final("my card is 4539 1488 0343 6467", 0, 3000))
+    # The VAD cut a number in two: the second half completes a Luhn-valid card with the first.
+    t.final(Final("and the other one is 5105 1051", 4000, 6000))
+    t.final(Final("0510 5100.", 6800, 8000))
+    t.final(Final("0510 5100.", 20000, 21000))  # long after: a number of its own, kept
+    texts = [rec.text for rec in stored]
+    assert texts == ["my card is [card]", "and the other one is 5105 1051", "[card].", "0510 5100."]
+    assert hooked == texts
+    captions = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    assert [c.text for c in captions] == ["my card is [card]", "call 555 12"] + texts
+
+
+def test_without_redaction_text_is_untouched():
+    t, stored, sub, hooked = _transcript(None)
+    t.final(Final("my card is 4539 1488 0343 6467", 0, 3000))
+    assert stored[0].text == hooked[0] == "my card is 4539 1488 0343 6467"
+
+
+def _espeak_card(tmp_path: Path) -> np.ndarray:
+    """The card number spoken in groups (a phrasing both embedded engines get as digits), at 8 kHz."""
+    assert shutil.which("espeak-ng"), "espeak-ng is missing: apt-get install espeak-ng (scripts/test.sh does)"
+    wav = tmp_path / "card.wav"
+    words = ", ".join(" ".join("zero one two three four five six seven eight nine".split()[int(d)] for d in CARD[i:i + 4])
+                      for i in range(0, 16, 4))
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), f"The card number is {words}."],
+                   check=True, capture_output=True)
+    raw = subprocess.run(["sox", str(wav), "-t", "raw", "-r", "8000", "-e", "signed", "-b", "16", "-c", "1", "-"],
+                         check=True, capture_output=True).stdout
+    return telephone(np.frombuffer(raw, dtype="<i2"))
+
+
+def _leaks(blob: str) -> list[str]:
+    """Forms of the card number a transcript could carry (digit groups, all digits, words)."""
+    found = re.findall(r"(?<![0-9A-Fa-f])(?:4539|1488|0343|6467)(?![0-9A-Fa-f])", blob)
+    found += [m for m in ("4539148803436467", "4,539", "four five three nine", "six four six seven")
+              if m in blob.lower()]
+    return found
+
+
+@pytest.mark.slow
+async def test_a_spoken_card_number_never_reaches_storage_captions_webhooks_or_logs(db, tmp_path, caplog):  # noqa: F811
+    card = _espeak_card(tmp_path)
+    receiver = await Receiver().start()
+    s = Settings()
+    s.database.url = db
+    s.service.data_dir = str(tmp_path / "data")
+    s.webhooks.urls = [receiver.url]
+    s.webhooks.secret = SECRET
+    s.webhooks.events = ["*"]
+    s.redaction.enabled = True
+    s.validate()
+    caplog.set_level(logging.DEBUG)
+    notified: list[str] = []
+    listener = await asyncpg.connect(asyncpg_dsn(db))
+    await listener.add_listener("telephony_utterance", lambda *args: notified.append(args[3]))
+    captions = []
+    try:
+        async with Runtime(s) as rt:
+            bus = CaptionBus()
+            sub = bus.subscribe()
+            manager = CallManager(s, rt.engine, rt.writer, bus)
+            call = await manager.start_call(CallRecord(id=new_id(), source="sip", started_at=utcnow()))
+            a = call.add_leg(speaker="Alice", role="caller")
+            b = call.add_leg(speaker="Bob", role="callee")
+            t0 = time.monotonic()
+            await asyncio.gather(
+                play(a, [(n * 0.02, p) for n, p in enumerate(packets(np.concatenate([silence(0.3), card, silence(1.0)]), ssrc=1))], t0),
+                play(b, [(n * 0.02, p) for n, p in enumerate(packets(np.concatenate([silence(0.5), prompt_8k("auth-thankyou"), silence(0.8)]), ssrc=2))], t0))
+            await call.end()
+            await manager.flushed()
+            assert await rt.writer.flush(timeout=30)
+            await receiver.wait(lambda: receiver.of_type("call.ended"), 15, "call.ended")
+            await asyncio.sleep(0.2)  # the last NOTIFY
+            captions = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+    finally:
+        await listener.close()
+        await receiver.stop()
+
+    stored = await rows(db, "SELECT speaker, text FROM utterances WHERE call_id = :c ORDER BY start_ms", c=call.id)
+    alice = " ".join(r["text"] for r in stored if r["speaker"] == "Alice")
+    assert "[card]" in alice, f"the ASR did not hear the digits as a card number: {alice!r}"
+    assert "thank you" in " ".join(r["text"].lower() for r in stored if r["speaker"] == "Bob")
+
+    # Every row of every table, as text.
+    tables = [r["tablename"] for r in await rows(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    dump = {t: "\n".join(r["row"] for r in await rows(db, f'SELECT t::text AS row FROM "{t}" t')) for t in tables}
+    assert "[card]" in dump["utterances"] and "[card]" in dump["webhook_outbox"]
+    for table, text in dump.items():
+        assert not _leaks(text), (table, _leaks(text))
+    # The journal (SQLite: acked rows' bytes may linger in free pages and the WAL) and every other file.
+    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    on_disk = b"".join(p.read_bytes() for p in files).decode("utf-8", "replace")
+    assert any(p.name.startswith("journal") for p in files) and "[card]" in on_disk
+    assert not _leaks(on_disk)
+    # What went out live: NOTIFY payloads, captions (partials and finals), webhook bodies, log lines.
+    assert notified and any("[card]" in n for n in notified)
+    assert not _leaks("\n".join(notified))
+    texts = [c.text for c in captions if c.kind in ("partial", "final")]
+    assert any("[card]" in t for t in texts)
+    assert not _leaks("\n".join(texts)), texts
+    bodies = "\n".join(d.body.decode() for d in receiver.deliveries)
+    assert "[card]" in bodies and not _leaks(bodies)
+    assert json.loads(receiver.of_type("call.ended")[0].body)["data"]["transcript"]
+    logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    assert caplog.records and not _leaks(logged)
