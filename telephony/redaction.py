@@ -7,8 +7,10 @@ clear text never leaves the ASR session's memory.
 Card numbers: runs of 13–19 digits that pass the Luhn check, as the ASR formats them: digit
 groups ("4111 1111-1111 1111"), digit words ("four one one one", "oh"/"zero", "double four",
 "eleven", "forty two"), or a mix, separated by spaces or light punctuation (, . - / : ;).
-Any window of whole tokens of 13–19 digits inside such a run that passes Luhn is replaced,
-and overlapping windows merge into one ``[card]``; shorter numbers (phone numbers) are kept.
+Any window of 13–19 digits inside such a run that passes Luhn is replaced (windows start and end
+at group or word boundaries; groups longer than 13 digits are searched digit by digit, since the
+ASR may fuse a card with a neighbouring digit), and overlapping windows merge into one ``[card]``.
+Numbers of up to 12 digits (phone numbers, dates, amounts) are never touched by the card rule.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from .config import ConfigError, RedactionSettings
 
 CARD = "card"
 MIN_CARD, MAX_CARD = 13, 19
-PARTIAL_MIN_DIGITS = 6  # a partial's digit run this long may be a card number still being spoken
+# Partials: a number may be a card still being spoken. Hidden: any run of 6+ digits, and a run of
+# 4+ digits that ends the partial (a card's first group); the final then shows what it really was.
+PARTIAL_MIN_DIGITS = 6
+PARTIAL_TAIL_DIGITS = 4
 SPLIT_GAP_MS = 5000  # a final starting this soon after the last one may continue its digits
 
 _UNITS = {"zero": "0", "oh": "0", "o": "0", "nought": "0", "one": "1", "two": "2", "three": "3", "four": "4",
@@ -87,7 +92,9 @@ def _parts(text: str) -> list[_Part]:
     while i < len(toks):
         s, e, t = toks[i]
         w = t.lower()
-        if t.isdigit():
+        if t.isdigit() and len(t) > MIN_CARD:  # maybe a card fused with a neighbouring digit: look inside
+            out.extend(_Part(s + k, s + k + 1, d) for k, d in enumerate(t))
+        elif t.isdigit():
             out.append(_Part(s, e, t))
         elif w in _UNITS:
             out.append(_Part(s, e, _UNITS[w]))
@@ -182,7 +189,9 @@ class Redactor:
                 digits = [p.digits for p in run]
                 for i, j in _card_windows(digits):
                     spans.append((run[i].start, run[j].end))
-                if partial and sum(map(len, digits)) >= PARTIAL_MIN_DIGITS:
+                trailing = n == len(runs) - 1 and _EDGE.fullmatch(text, run[-1].end) is not None
+                count = sum(map(len, digits))
+                if partial and (count >= PARTIAL_MIN_DIGITS or trailing and count >= PARTIAL_TAIL_DIGITS):
                     spans.append((run[0].start, run[-1].end))
                 leading = n == 0 and _EDGE.fullmatch(text, 0, run[0].start) is not None
                 if leading and head:
@@ -190,7 +199,7 @@ class Redactor:
                     for i, j in _card_windows(head + digits):
                         if i < len(head) <= j:
                             spans.append((run[0].start, run[j - len(head)].end))
-                if n == len(runs) - 1 and _EDGE.fullmatch(text, run[-1].end) is not None:
+                if trailing:
                     carried = head + digits if leading and head and len(runs) == 1 else digits
                     tail = _last_digits(carried)
             text = self._replace(text, spans, self.label(CARD))

@@ -79,6 +79,8 @@ def test_a_longer_run_is_redacted_where_a_stretch_passes_luhn():
     assert out.startswith("it's ") and out.endswith(" ok") and "[card]" in out and not any(g in out for g in CARD_GROUPS)
     assert redact("four five three nine one four eight eight zero three four three six four six eight") == \
         "[card] six eight"  # 4539148803436 passes Luhn
+    out = redact("number 245391488034364677 ok")  # fused with neighbouring digits into one group
+    assert out.startswith("number 2") and out.endswith(" ok") and "[card]" in out and not any(g in out for g in CARD_GROUPS)
 
 
 def test_custom_patterns_and_replacement_format():
@@ -120,7 +122,10 @@ def test_leg_transcript_redacts_finals_partials_and_hooks_and_a_card_cut_in_two(
     r = Redactor(RedactionSettings(enabled=True))
     t, stored, sub, hooked = _transcript(r)
     t.partial(Partial("my card is four five three nine one four", 0, 900))  # 6 digits: maybe a card, hidden
-    t.partial(Partial("call 555 12", 0, 900))  # too short to matter yet
+    t.partial(Partial("card 4539", 0, 900))  # a card's first group, still being spoken
+    t.partial(Partial("call 555 12", 0, 900))  # 5 digits at the end: maybe a card, hidden until the final
+    t.partial(Partial("call 55", 0, 900))  # too short to matter
+    t.partial(Partial("in 2024 we", 0, 900))  # a short number followed by words: not a card in progress
     t.final(Final("my card is 4539 1488 0343 6467", 0, 3000))
     # The VAD cut a number in two: the second half completes a Luhn-valid card with the first.
     t.final(Final("and the other one is 5105 1051", 4000, 6000))
@@ -130,7 +135,7 @@ def test_leg_transcript_redacts_finals_partials_and_hooks_and_a_card_cut_in_two(
     assert texts == ["my card is [card]", "and the other one is 5105 1051", "[card].", "0510 5100."]
     assert hooked == texts
     captions = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
-    assert [c.text for c in captions] == ["my card is [card]", "call 555 12"] + texts
+    assert [c.text for c in captions] == ["my card is [card]", "card [card]", "call [card]", "call 55", "in 2024 we"] + texts
 
 
 def test_without_redaction_text_is_untouched():
@@ -163,10 +168,11 @@ def _leaks(blob: str) -> list[str]:
 @pytest.mark.slow
 async def test_a_spoken_card_number_never_reaches_storage_captions_webhooks_or_logs(db, tmp_path, caplog):  # noqa: F811
     card = _espeak_card(tmp_path)
+    data = tmp_path / "data"
     receiver = await Receiver().start()
     s = Settings()
     s.database.url = db
-    s.service.data_dir = str(tmp_path / "data")
+    s.service.data_dir = str(data)
     s.webhooks.urls = [receiver.url]
     s.webhooks.secret = SECRET
     s.webhooks.events = ["*"]
@@ -177,6 +183,18 @@ async def test_a_spoken_card_number_never_reaches_storage_captions_webhooks_or_l
     listener = await asyncpg.connect(asyncpg_dsn(db))
     await listener.add_listener("telephony_utterance", lambda *args: notified.append(args[3]))
     captions = []
+    disk: set[bytes] = set()
+
+    async def watch_disk():  # acked journal rows are deleted (and overwritten): look while they are there
+        while True:
+            for p in data.rglob("*"):
+                try:
+                    disk.add(p.read_bytes())
+                except OSError:  # a file that comes and goes (SQLite's -wal, -shm)
+                    pass
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch_disk())
     try:
         async with Runtime(s) as rt:
             bus = CaptionBus()
@@ -196,6 +214,7 @@ async def test_a_spoken_card_number_never_reaches_storage_captions_webhooks_or_l
             await asyncio.sleep(0.2)  # the last NOTIFY
             captions = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
     finally:
+        watcher.cancel()
         await listener.close()
         await receiver.stop()
 
@@ -211,8 +230,8 @@ async def test_a_spoken_card_number_never_reaches_storage_captions_webhooks_or_l
     for table, text in dump.items():
         assert not _leaks(text), (table, _leaks(text))
     # The journal (SQLite: acked rows' bytes may linger in free pages and the WAL) and every other file.
-    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
-    on_disk = b"".join(p.read_bytes() for p in files).decode("utf-8", "replace")
+    files = [p for p in data.rglob("*") if p.is_file()]
+    on_disk = b"\n".join(disk | {p.read_bytes() for p in files}).decode("utf-8", "replace")
     assert any(p.name.startswith("journal") for p in files) and "[card]" in on_disk
     assert not _leaks(on_disk)
     # What went out live: NOTIFY payloads, captions (partials and finals), webhook bodies, log lines.
