@@ -205,7 +205,8 @@ class LiveLeg:
             await asyncio.gather(*self._tasks)
         dtmf = manager.settings.media.dtmf
         for event, at_ms in getattr(self.media, "dtmf_events", ()) if dtmf != "off" else ():
-            masked = dtmf == "masked"
+            # Keyed digits can be a card number too: with card redaction on they are never stored.
+            masked = dtmf == "masked" or manager.redactor is not None and manager.redactor.cards
             manager._submit(LegEvent(new_id(), self.call.id, self.id, "dtmf", self.record.started_ms + at_ms,
                                      event.duration_ms, None if masked else event.key))
         stats = self.media.stats() if isinstance(self.media, MediaLeg) else self.media.stats.as_dict()

@@ -226,6 +226,9 @@ class RedactionSettings:
     # name = "ssn", regex = '\b\d{3}-\d{2}-\d{4}\b'. Environment: comma-separated "name=regex".
     patterns: list[dict] = field(default_factory=list)
     replacement: str = "[{name}]"  # {name}: "card" or the pattern's name
+    # A final ending in 7+ digits waits up to this long for the leg's next final, in case a card number
+    # continues there (cut by the VAD); 0: never wait (such a first part then stays in clear).
+    hold_s: float = 4.0
 
 
 # The speech services' sections live beside their code (light dataclasses, no client imported).

@@ -15,8 +15,11 @@ Numbers of up to 12 digits (phone numbers, dates, amounts) are never touched by 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+
+from .asr.base import Final
 
 from .config import ConfigError, RedactionSettings
 
@@ -27,6 +30,7 @@ MIN_CARD, MAX_CARD = 13, 19
 PARTIAL_MIN_DIGITS = 6
 PARTIAL_TAIL_DIGITS = 4
 SPLIT_GAP_MS = 5000  # a final starting this soon after the last one may continue its digits
+PCI_SHOWN_DIGITS = 6  # a card's first six digits may be shown (PCI DSS): a final ending in more is held back
 
 _UNITS = {"zero": "0", "oh": "0", "o": "0", "nought": "0", "one": "1", "two": "2", "three": "3", "four": "4",
           "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9"}
@@ -159,6 +163,7 @@ class Redactor:
         self.cards = settings.cards
         self.patterns = compiled_patterns(settings)
         self.replacement = settings.replacement
+        self.hold_s = settings.hold_s
         try:
             self.label(CARD)
         except (KeyError, IndexError, ValueError):
@@ -174,77 +179,134 @@ class Redactor:
     def leg(self) -> "LegRedactor":
         return LegRedactor(self)
 
-    def text(self, text: str, *, partial: bool = False, head: list[str] | None = None) -> str:
-        """``text`` redacted. ``partial``: also any run of 6+ digits (maybe a card still being spoken).
-        ``head``: digits that ended the previous final; a leading run that completes a card with them
-        is redacted too."""
-        return self._text(text, partial, head)[0]
+    def text(self, text: str, *, partial: bool = False) -> str:
+        """``text`` redacted on its own. ``partial``: also runs that may be a card still being spoken."""
+        return self.apply_patterns(self.redact_cards(text, partial))
 
-    def _text(self, text: str, partial: bool, head: list[str] | None) -> tuple[str, list[str] | None]:
-        tail: list[str] | None = None
-        if self.cards:
-            spans: list[tuple[int, int]] = []
-            runs = _runs(text, _parts(text))
-            for n, run in enumerate(runs):
-                digits = [p.digits for p in run]
-                for i, j in _card_windows(digits):
-                    spans.append((run[i].start, run[j].end))
-                trailing = n == len(runs) - 1 and _EDGE.fullmatch(text, run[-1].end) is not None
-                count = sum(map(len, digits))
-                if partial and (count >= PARTIAL_MIN_DIGITS or trailing and count >= PARTIAL_TAIL_DIGITS):
-                    spans.append((run[0].start, run[-1].end))
-                leading = n == 0 and _EDGE.fullmatch(text, 0, run[0].start) is not None
-                if leading and head:
-                    # Windows that start in the previous final and end in this run: redact this run's part.
-                    for i, j in _card_windows(head + digits):
-                        if i < len(head) <= j:
-                            spans.append((run[0].start, run[j - len(head)].end))
-                if trailing:
-                    carried = head + digits if leading and head and len(runs) == 1 else digits
-                    tail = _last_digits(carried)
-            text = self._replace(text, spans, self.label(CARD))
+    def redact_cards(self, text: str, partial: bool = False) -> str:
+        if not self.cards:
+            return text
+        spans: list[tuple[int, int]] = []
+        runs = _runs(text, _parts(text))
+        for n, run in enumerate(runs):
+            digits = [p.digits for p in run]
+            spans += [(run[i].start, run[j].end) for i, j in _card_windows(digits)]
+            count = sum(map(len, digits))
+            trailing = n == len(runs) - 1 and _EDGE.fullmatch(text, run[-1].end) is not None
+            if partial and (count >= PARTIAL_MIN_DIGITS or trailing and count >= PARTIAL_TAIL_DIGITS):
+                spans.append((run[0].start, run[-1].end))
+        return _replace(text, spans, self.label(CARD))
+
+    def apply_patterns(self, text: str) -> str:
         for name, regex in self.patterns:
             label = self.label(name)
             text = regex.sub(lambda _m: label, text)
-        return text, tail
-
-    @staticmethod
-    def _replace(text: str, spans: list[tuple[int, int]], label: str) -> str:
-        for s, e in reversed(_merge(spans)):
-            text = text[:s] + label + text[e:]
         return text
 
 
-def _last_digits(parts: list[str]) -> list[str]:
-    """The trailing parts holding at most MAX_CARD - 1 digits (all a continuation can complete)."""
-    out: list[str] = []
-    count = 0
-    for d in reversed(parts):
-        if count + len(d) > MAX_CARD - 1:
-            break
-        out.insert(0, d)
-        count += len(d)
-    return out
+def _replace(text: str, spans: list[tuple[int, int]], label: str) -> str:
+    for s, e in reversed(_merge(spans)):
+        text = text[:s] + label + text[e:]
+    return text
+
+
+@dataclass
+class _Pending:
+    """A final whose text (cards redacted, patterns not yet) may still change."""
+    final: Final
+    text: str
+
+
+@dataclass
+class _Link:
+    """One part of the digits that ended the leg's latest finals; ``owner`` None once stored."""
+    digits: str
+    owner: _Pending | None
+    start: int
+    end: int
 
 
 class LegRedactor:
-    """One leg's redaction: remembers the digits that ended its last final (in memory only) so a
-    card number cut in two by the VAD is still caught in its second half.
+    """One leg's finals, redacted, with card numbers the VAD cut into several finals.
 
-    The first half was already stored: it stays in clear unless it is a card number itself (or, in
-    partials, 6+ digits). See README "Redaction" for this limit.
+    It remembers the digits that ended the leg's latest finals (in memory only, at most 18). A final
+    that starts with digits completing a Luhn-valid 13–19 digit number with them has that start
+    redacted. With ``hold_s`` > 0, a final that ends a run of 7+ such digits is held back (until the
+    next final, or ``hold_s``, or the leg's end) so its own digits can be redacted too; otherwise,
+    and for runs of up to 6 digits (a card's first six may be shown, PCI DSS 3.4), they stay.
+    ``final()`` and ``flush()`` return the finals to store, in order.
     """
 
     def __init__(self, redactor: Redactor):
-        self.redactor = redactor
-        self._tail: list[str] = []
-        self._tail_end_ms: int | None = None
+        self.r = redactor
+        self._held: list[_Pending] = []
+        self._chain: list[_Link] = []
+        self._end_ms: int | None = None
 
-    def final(self, text: str, start_ms: int, end_ms: int) -> str:
-        head = self._tail if self._tail_end_ms is not None and start_ms - self._tail_end_ms <= SPLIT_GAP_MS else None
-        out, tail = self.redactor._text(text, False, head)
-        self._tail, self._tail_end_ms = (tail, end_ms) if tail else ([], None)
-        return out
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
 
     def partial(self, text: str) -> str:
-        return self.redactor._text(text, True, None)[0]
+        return self.r.text(text, partial=True)
+
+    def flush(self) -> list[Final]:
+        out = [dataclasses.replace(h.final, text=self.r.apply_patterns(h.text)) for h in self._held]
+        self._held = []
+        for link in self._chain:
+            link.owner = None
+        return out
+
+    def final(self, ev: Final) -> list[Final]:
+        if not self.r.cards:
+            return [dataclasses.replace(ev, text=self.r.apply_patterns(ev.text))]
+        out: list[Final] = []
+        pending = _Pending(ev, self.r.redact_cards(ev.text))
+        runs = _runs(pending.text, _parts(pending.text))
+        lead = runs[0] if runs and _EDGE.fullmatch(pending.text, 0, runs[0][0].start) else None
+        continues = (lead is not None and self._chain and self._end_ms is not None
+                     and ev.start_ms - self._end_ms <= SPLIT_GAP_MS)
+        if continues:
+            chain = self._chain
+            windows = [(i, j) for i, j in _card_windows([c.digits for c in chain] + [p.digits for p in lead])
+                       if i < len(chain) <= j]
+            if windows:  # a card across finals: redact its parts in the held ones and in this one
+                label = self.r.label(CARD)
+                first = min(i for i, _ in windows)
+                last = max(j for _, j in windows) - len(chain)
+                spans: dict[int, tuple[_Pending, int, int]] = {}
+                for link in chain[first:]:
+                    if link.owner is not None:
+                        _, s, e = spans.get(id(link.owner), (link.owner, link.start, link.end))
+                        spans[id(link.owner)] = (link.owner, min(s, link.start), max(e, link.end))
+                for owner, s, e in spans.values():
+                    owner.text = _replace(owner.text, [(s, e)], label)
+                pending.text = _replace(pending.text, [(lead[0].start, lead[last].end)], label)
+                runs = _runs(pending.text, _parts(pending.text))
+                continues = False
+                self._chain = []
+        if not continues:
+            out += self.flush()
+            self._chain = []
+        trailing = runs[-1] if runs and _EDGE.fullmatch(pending.text, runs[-1][-1].end) else None
+        if trailing is None:
+            out += self.flush()
+            self._chain = []
+            out.append(dataclasses.replace(ev, text=self.r.apply_patterns(pending.text)))
+        else:
+            if not (continues and trailing is lead):  # a new number starts: the old chain is done
+                out += self.flush()
+                self._chain = []
+            self._chain += [_Link(p.digits, pending, p.start, p.end) for p in trailing]
+            while sum(len(c.digits) for c in self._chain) > MAX_CARD - 1:
+                self._chain.pop(0)  # too far back to be part of a card with digits still to come
+            while self._held and all(c.owner is not self._held[0] for c in self._chain):
+                h = self._held.pop(0)
+                out.append(dataclasses.replace(h.final, text=self.r.apply_patterns(h.text)))
+            if self.r.hold_s > 0 and sum(len(c.digits) for c in self._chain) > PCI_SHOWN_DIGITS:
+                self._held.append(pending)
+            else:
+                out += self.flush()
+                out.append(dataclasses.replace(ev, text=self.r.apply_patterns(pending.text)))
+        self._end_ms = ev.end_ms
+        return out

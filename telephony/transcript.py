@@ -9,7 +9,7 @@ redacted (``[redaction]``): nothing downstream (journal, PostgreSQL, NOTIFY, web
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
 import time
 from typing import Callable
@@ -43,14 +43,19 @@ class LegTranscript:
         self.seq = 0  # finals stored so far: (leg_id, seq) is unique
         self.engines: set[str] = set()
         self._redact = redactor.leg() if redactor is not None else None
+        self._hold_s = redactor.hold_s if redactor is not None else 0.0
+        self._release: asyncio.TimerHandle | None = None
 
     async def consume(self, session) -> None:
         """Store every Final and publish every Partial until the session's events end."""
-        async for ev in session.events():
-            if isinstance(ev, Final):
-                self.final(ev)
-            elif isinstance(ev, Partial):
-                self.partial(ev)
+        try:
+            async for ev in session.events():
+                if isinstance(ev, Final):
+                    self.final(ev)
+                elif isinstance(ev, Partial):
+                    self.partial(ev)
+        finally:
+            self.flush()
 
     def partial(self, ev: Partial) -> None:
         if self.bus is not None:
@@ -58,9 +63,32 @@ class LegTranscript:
             self.bus.publish(Caption("partial", self.call_id, self.leg.id, self.leg.speaker, text,
                                      ev.start_ms, ev.end_ms))
 
-    def final(self, ev: Final) -> UtteranceRecord:
+    def final(self, ev: Final) -> None:
+        """Store ``ev`` (redacted), or hold it back a moment if redaction may still change it."""
+        if self._redact is None:
+            self._store(ev)
+            return
+        for out in self._redact.final(ev):
+            self._store(out)
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if self._redact.holding:
+            try:
+                self._release = asyncio.get_running_loop().call_later(self._hold_s, self.flush)
+            except RuntimeError:  # no event loop (direct use): held until flush()
+                pass
+
+    def flush(self) -> None:
+        """Store whatever redaction holds back (at the session's end, or when hold_s has passed)."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
         if self._redact is not None:
-            ev = dataclasses.replace(ev, text=self._redact.final(ev.text, ev.start_ms, ev.end_ms))
+            for out in self._redact.flush():
+                self._store(out)
+
+    def _store(self, ev: Final) -> UtteranceRecord:
         latency_ms = None
         if ev.audio_end_monotonic is not None:
             latency_ms = max(0, round((time.monotonic() - ev.audio_end_monotonic) * 1000))

@@ -110,7 +110,7 @@ def test_settings_from_toml_and_environment_and_precise_errors(tmp_path):
 
 
 def _transcript(redactor):
-    stored, captions, hooked = [], [], []
+    stored, hooked = [], []
     bus = CaptionBus()
     sub = bus.subscribe()
     leg = LegRecord(id=new_id(), call_id="c", speaker="Alice")
@@ -118,24 +118,65 @@ def _transcript(redactor):
     return t, stored, sub, hooked
 
 
-def test_leg_transcript_redacts_finals_partials_and_hooks_and_a_card_cut_in_two():
-    r = Redactor(RedactionSettings(enabled=True))
-    t, stored, sub, hooked = _transcript(r)
+def test_leg_transcript_redacts_finals_partials_and_hooks():
+    t, stored, sub, hooked = _transcript(Redactor(RedactionSettings(enabled=True)))
     t.partial(Partial("my card is four five three nine one four", 0, 900))  # 6 digits: maybe a card, hidden
     t.partial(Partial("card 4539", 0, 900))  # a card's first group, still being spoken
     t.partial(Partial("call 555 12", 0, 900))  # 5 digits at the end: maybe a card, hidden until the final
     t.partial(Partial("call 55", 0, 900))  # too short to matter
     t.partial(Partial("in 2024 we", 0, 900))  # a short number followed by words: not a card in progress
     t.final(Final("my card is 4539 1488 0343 6467", 0, 3000))
-    # The VAD cut a number in two: the second half completes a Luhn-valid card with the first.
-    t.final(Final("and the other one is 5105 1051", 4000, 6000))
-    t.final(Final("0510 5100.", 6800, 8000))
-    t.final(Final("0510 5100.", 20000, 21000))  # long after: a number of its own, kept
-    texts = [rec.text for rec in stored]
-    assert texts == ["my card is [card]", "and the other one is 5105 1051", "[card].", "0510 5100."]
-    assert hooked == texts
+    t.final(Final("in 2024 we moved", 3500, 5000))
+    assert [r.text for r in stored] == hooked == ["my card is [card]", "in 2024 we moved"]
+    assert [r.seq for r in stored] == [0, 1]
     captions = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
-    assert [c.text for c in captions] == ["my card is [card]", "card [card]", "call [card]", "call 55", "in 2024 we"] + texts
+    assert [c.text for c in captions] == ["my card is [card]", "card [card]", "call [card]", "call 55", "in 2024 we",
+                                          "my card is [card]", "in 2024 we moved"]
+
+
+def test_a_card_cut_into_several_finals_is_redacted_in_all_of_them():
+    t, stored, _, hooked = _transcript(Redactor(RedactionSettings(enabled=True)))
+    t.final(Final("and the other one is 5105 1051", 0, 2000))  # 8 digits at the end: held back
+    assert stored == []
+    t.final(Final("0510 5100.", 2800, 4000))  # completes a Luhn-valid number: both halves go
+    # Read group by group, one final each: the first group (up to 6 digits may be shown) is stored
+    # at once, the later ones wait until the number is complete.
+    for n, group in enumerate(("four five three nine", "one four eight eight", "zero three four three", "six four six seven")):
+        t.final(Final(group, 5000 + n * 1500, 6000 + n * 1500))
+    t.final(Final("call me on 555 123 4567", 12000, 14000))  # held (it could be a card's start) …
+    t.final(Final("thanks", 14500, 15000))  # … and stored unchanged once the next final shows it is not
+    t.final(Final("0510 5100", 30000, 31000))  # long after the last: a number of its own, held …
+    t.flush()  # … until the leg ends
+    texts = ["and the other one is [card]", "[card].", "four five three nine", "[card]", "[card]", "[card]",
+             "call me on 555 123 4567", "thanks", "0510 5100"]
+    assert [r.text for r in stored] == hooked == texts
+    assert [r.seq for r in stored] == list(range(len(texts)))
+    assert [r.start_ms for r in stored] == sorted(r.start_ms for r in stored)
+
+
+def test_without_holding_back_the_first_part_of_a_cut_card_stays():
+    t, stored, _, _ = _transcript(Redactor(RedactionSettings(enabled=True, hold_s=0)))
+    t.final(Final("and the other one is 5105 1051", 0, 2000))
+    t.final(Final("0510 5100.", 2800, 4000))
+    assert [r.text for r in stored] == ["and the other one is 5105 1051", "[card]."]
+
+
+async def test_a_held_final_is_stored_after_hold_s_and_at_the_sessions_end():
+    t, stored, _, _ = _transcript(Redactor(RedactionSettings(enabled=True, hold_s=0.3)))
+    t.final(Final("call me on 555 123 4567", 0, 2000))
+    await asyncio.sleep(0.1)
+    assert stored == []
+    await asyncio.sleep(0.5)
+    assert [r.text for r in stored] == ["call me on 555 123 4567"]
+    t.final(Final("thanks", 2500, 2800))  # no digits to wait for: stored at once
+    assert [r.text for r in stored] == ["call me on 555 123 4567", "thanks"]
+
+    class Session:
+        async def events(self):
+            yield Final("my number is 4539 1488", 5000, 6000)
+
+    await t.consume(Session())  # the events end (hang-up): nothing stays held
+    assert [r.text for r in stored][-1] == "my number is 4539 1488"
 
 
 def test_without_redaction_text_is_untouched():
@@ -245,3 +286,31 @@ async def test_a_spoken_card_number_never_reaches_storage_captions_webhooks_or_l
     assert json.loads(receiver.of_type("call.ended")[0].body)["data"]["transcript"]
     logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
     assert caplog.records and not _leaks(logged)
+
+
+@pytest.mark.parametrize("redaction", [False, True])
+async def test_keyed_digits_are_masked_when_card_redaction_is_on(redaction):
+    from telephony.asr import create_engine
+    from telephony.bench.sinks import CollectingSink
+    from telephony.media.codecs import CODECS, lookup
+    from telephony.media.rtp import build_rtp
+    from telephony.records import LegEvent
+
+    s = Settings()
+    s.asr.engine = "none"
+    s.media.dtmf = "clear"
+    s.redaction.enabled = redaction
+    sink = CollectingSink()
+    manager = CallManager(s, create_engine(s), sink)
+    call = await manager.start_call(CallRecord(id=new_id(), source="sip", started_at=utcnow()))
+    leg = call.add_leg(speaker="Alice", payload_types={0: CODECS["PCMU"], 101: lookup("telephone-event", 8000)})
+    audio = [(n * 0.02, p) for n, p in enumerate(packets(silence(1.0), ssrc=7))]
+    ts = 20 * 160  # key 4 for 100 ms from packet 20 (RFC 4733: event, E|volume, duration; three end packets)
+    keys = [(0.4 + k * 0.02, build_rtp(101, 1000 + k, ts, 7, bytes([4, 10]) + (160 * (k + 1)).to_bytes(2, "big"),
+                                       marker=k == 0)) for k in range(4)]
+    keys += [(0.5 + k * 0.001, build_rtp(101, 1004 + k, ts, 7, bytes([4, 0x80 | 10]) + (800).to_bytes(2, "big")))
+             for k in range(3)]
+    await play(leg, sorted(audio + keys))
+    await call.end()
+    (event,) = sink.of(LegEvent)
+    assert event.value == (None if redaction else "4")
