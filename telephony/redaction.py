@@ -11,6 +11,8 @@ Any window of 13–19 digits inside such a run that passes Luhn is replaced (win
 at group or word boundaries; groups longer than 13 digits are searched digit by digit, since the
 ASR may fuse a card with a neighbouring digit), and overlapping windows merge into one ``[card]``.
 Numbers of up to 12 digits (phone numbers, dates, amounts) are never touched by the card rule.
+
+A card number the VAD cut into several finals is caught across them by ``LegRedactor`` (below).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import re
 from dataclasses import dataclass
 
 from .asr.base import Final
-
 from .config import ConfigError, RedactionSettings
 
 CARD = "card"
@@ -247,7 +248,11 @@ class LegRedactor:
     def holding(self) -> bool:
         return bool(self._held)
 
-    def partial(self, text: str) -> str:
+    def partial(self, text: str, start_ms: int) -> str:
+        if self.r.cards and self._chain and self._end_ms is not None and start_ms - self._end_ms <= SPLIT_GAP_MS:
+            runs = _runs(text, _parts(text))  # digits that may continue the last final's: hidden
+            if runs and _EDGE.fullmatch(text, 0, runs[0][0].start):
+                text = _replace(text, [(runs[0][0].start, runs[0][-1].end)], self.r.label(CARD))
         return self.r.text(text, partial=True)
 
     def flush(self) -> list[Final]:

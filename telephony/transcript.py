@@ -59,7 +59,7 @@ class LegTranscript:
 
     def partial(self, ev: Partial) -> None:
         if self.bus is not None:
-            text = ev.text if self._redact is None else self._redact.partial(ev.text)
+            text = ev.text if self._redact is None else self._redact.partial(ev.text, ev.start_ms)
             self.bus.publish(Caption("partial", self.call_id, self.leg.id, self.leg.speaker, text,
                                      ev.start_ms, ev.end_ms))
 
