@@ -357,3 +357,27 @@ async def test_a_card_cut_in_two_by_a_pause_is_redacted_in_both_finals(tmp_path,
     assert len(stored) >= 2 and all("[card]" in t for t in stored[:2]), f"not cut, or not heard as digits: {stored}"
     for text in stored + captions:
         assert not _leaks(text), (text, stored, captions)
+
+
+@pytest.mark.slow
+async def test_file_transcription_is_redacted_too(tmp_path):
+    from telephony.asr import create_engine
+    from telephony.batch import transcribe_call
+    from telephony.bench.sinks import CollectingSink
+    from telephony.ingest import load_call
+    from telephony.records import UtteranceRecord
+
+    from .speech import write_wav
+
+    wav = write_wav(tmp_path / "call.wav", np.concatenate([silence(0.3), _espeak_card(tmp_path), silence(0.5)]))
+    s = Settings()
+    s.redaction.enabled = True
+    engine = create_engine(s)
+    try:
+        sink = CollectingSink()
+        result = await transcribe_call(load_call(wav), s, engine, sink)
+    finally:
+        engine.scheduler.close()
+    texts = [u.text for u in sink.of(UtteranceRecord)]
+    assert texts == [u.text for leg in result.legs for u in leg.utterances]
+    assert any("[card]" in t for t in texts) and not _leaks("\n".join(texts)), texts
