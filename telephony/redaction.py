@@ -26,10 +26,9 @@ from .config import ConfigError, RedactionSettings
 
 CARD = "card"
 MIN_CARD, MAX_CARD = 13, 19
-# Partials: a number may be a card still being spoken. Hidden: any run of 6+ digits, and a run of
-# 4+ digits that ends the partial (a card's first group); the final then shows what it really was.
-PARTIAL_MIN_DIGITS = 6
-PARTIAL_TAIL_DIGITS = 4
+# Partials: a number may be a card still being spoken (or misheard for now), so any run of 4+ digits
+# (a card's first group) is hidden; the final then shows what it really was.
+PARTIAL_MIN_DIGITS = 4
 SPLIT_GAP_MS = 5000  # a final starting this soon after the last one may continue its digits
 PCI_SHOWN_DIGITS = 6  # a card's first six digits may be shown (PCI DSS): a final ending in more is held back
 
@@ -189,12 +188,10 @@ class Redactor:
             return text
         spans: list[tuple[int, int]] = []
         runs = _runs(text, _parts(text))
-        for n, run in enumerate(runs):
+        for run in runs:
             digits = [p.digits for p in run]
             spans += [(run[i].start, run[j].end) for i, j in _card_windows(digits)]
-            count = sum(map(len, digits))
-            trailing = n == len(runs) - 1 and _EDGE.fullmatch(text, run[-1].end) is not None
-            if partial and (count >= PARTIAL_MIN_DIGITS or trailing and count >= PARTIAL_TAIL_DIGITS):
+            if partial and sum(map(len, digits)) >= PARTIAL_MIN_DIGITS:
                 spans.append((run[0].start, run[-1].end))
         return _replace(text, spans, self.label(CARD))
 
