@@ -13,6 +13,7 @@ APT_PACKAGES=(
   baresip-core linphone-cli kamailio openssl           # independent SIP peers, a SIP proxy, TLS test certificates
   chromium                                             # real browser for the WebRTC softphone tests
   prometheus                                           # the real Prometheus scrapes /metrics; promtool checks docker/prometheus.yml
+  espeak-ng                                            # synthetic test phrases (spoken card numbers for redaction)
 )
 
 missing=()

@@ -19,6 +19,7 @@ from .media.leg import MediaLeg, play_capture
 from .media.audio import AudioFrame
 from .media.resample import Resampler
 from .records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id, utcnow
+from .redaction import Redactor
 from .transcript import LegTranscript
 
 FEED_S = 1.0  # audio handed to the session per step; the loop yields between steps
@@ -70,6 +71,7 @@ async def transcribe_call(call: CallInput, settings: Settings, engine, sink,
                         meta={k: v for k, v in call.meta.items() if isinstance(v, (str, int, float, bool, list, dict))} | {"kind": call.kind})
     await sink.enqueue(record)
     results = []
+    redactor = Redactor.from_settings(settings.redaction)
     for n, leg in enumerate(call.legs):
         codec = leg.codec if isinstance(leg, RtpLegInput) else f"L16/{leg.rate}"
         meta = dict(getattr(leg, "meta", {}) or {})
@@ -83,7 +85,7 @@ async def transcribe_call(call: CallInput, settings: Settings, engine, sink,
         session = engine.open_session(start_ms=result.record.started_ms, realtime=False)
         # Stored as they come: a long file interrupted half way keeps its first half.
         transcript = LegTranscript(record.id, result.record, sink.enqueue,
-                                   on_final=lambda u, _ev: result.utterances.append(u))
+                                   on_final=lambda u, _ev: result.utterances.append(u), redactor=redactor)
         consumer = asyncio.create_task(transcript.consume(session))
         media = None
         rate = engine.sample_rate

@@ -30,6 +30,7 @@ from .media.pacer import Pacer
 from .media.stream import StreamMedia
 from .media.rtp import RtpPacket
 from .records import CallEnd, CallRecord, LegEnd, LegEvent, LegRecord, Record, new_id, utcnow
+from .redaction import Redactor
 from .transcript import FinalHook, LegTranscript
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class LiveLeg:
         self.media = media
         record.sample_rate = self.media.rate
         self.t0 = time.monotonic()
-        self.transcript = LegTranscript(call.id, record, manager._submit, manager.bus, manager.on_final)
+        self.transcript = LegTranscript(call.id, record, manager._submit, manager.bus, manager.on_final,
+                                        manager.redactor)
         self.last_media = 0.0  # monotonic time of the last packet or audio pushed (admission: who is talking)
         self.stats_from: list = []  # more counters for the stored stats, from the endpoint (e.g. SRTP)
         self._asr_on = call.engine_name != "none"
@@ -214,7 +216,8 @@ class LiveLeg:
             await asyncio.gather(*self._tasks)
         dtmf = manager.settings.media.dtmf
         for event, at_ms in getattr(self.media, "dtmf_events", ()) if dtmf != "off" else ():
-            masked = dtmf == "masked"
+            # Keyed digits can be a card number too: with card redaction on they are never stored.
+            masked = dtmf == "masked" or manager.redactor is not None and manager.redactor.cards
             manager._submit(LegEvent(new_id(), self.call.id, self.id, "dtmf", self.record.started_ms + at_ms,
                                      event.duration_ms, None if masked else event.key))
         stats = self.media.stats() if isinstance(self.media, MediaLeg) else self.media.stats.as_dict()
@@ -307,6 +310,7 @@ class CallManager:
         self.writer = writer
         self.bus = bus
         self.on_final = on_final
+        self.redactor = Redactor.from_settings(settings.redaction)  # None: off
         self.clock = MediaClock()
         self.accepting = True
         self._calls: dict[str, LiveCall] = {}

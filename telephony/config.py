@@ -230,6 +230,20 @@ class ListenSettings:
     max_prerecorded: int = 1  # files transcribed at once; more: 503 + Retry-After (batch decoding is CPU-bound)
 
 
+@dataclass
+class RedactionSettings:
+    # Applied to every final and partial before it is stored, captioned or sent (telephony/redaction.py).
+    enabled: bool = False
+    cards: bool = True  # Luhn-valid card numbers (13-19 digits), written as digits or spoken as words
+    # Other identifiers, each replaced with the replacement of its name: [[redaction.patterns]]
+    # name = "ssn", regex = '\b\d{3}-\d{2}-\d{4}\b'. Environment: comma-separated "name=regex".
+    patterns: list[dict] = field(default_factory=list)
+    replacement: str = "[{name}]"  # {name}: "card" or the pattern's name
+    # A final ending in 7+ digits waits up to this long for the leg's next final, in case a card number
+    # continues there (cut by the VAD); 0: never wait (such a first part then stays in clear).
+    hold_s: float = 4.0
+
+
 # The speech services' sections live beside their code (light dataclasses, no client imported).
 from .asr.settings import AssemblyAISettings, DeepgramSettings, GoogleSettings, validate_streaming  # noqa: E402
 
@@ -248,6 +262,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     listen: ListenSettings = field(default_factory=ListenSettings)
+    redaction: RedactionSettings = field(default_factory=RedactionSettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
     google: GoogleSettings = field(default_factory=GoogleSettings)
@@ -312,6 +327,9 @@ class Settings:
         from .webhooks.endpoints import configured_endpoints
 
         configured_endpoints(self.webhooks)  # raises ConfigError naming the bad setting
+        from .redaction import Redactor
+
+        Redactor(self.redaction)  # raises ConfigError for a bad pattern or replacement
 
 
 def _coerce(section: str, key: str, current: Any, value: Any) -> Any:

@@ -2,11 +2,14 @@
 
 This is the one place where an ASR ``Final`` becomes an ``UtteranceRecord``
 (live calls and file transcription both use it), so numbering, speaker
-attribution and what is stored are decided once.
+attribution and what is stored are decided once. It is also the one place where text is
+redacted (``[redaction]``): nothing downstream (journal, PostgreSQL, NOTIFY, webhooks, captions,
+``on_final`` hooks) ever sees the engine's clear text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Callable
@@ -14,6 +17,7 @@ from typing import Callable
 from .asr import Final, Partial
 from .captions import Caption, CaptionBus
 from .records import LegRecord, Record, UtteranceRecord, new_id
+from .redaction import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +29,12 @@ class LegTranscript:
 
     ``on_final(record, final)`` (optional) sees each stored final with the engine's event,
     e.g. for latency measurements, which never travel through the journal.
+    ``redactor`` (optional): text of finals and partials is redacted before anything else sees it.
     """
 
     def __init__(self, call_id: str, leg: LegRecord, submit: Callable[[Record], object],
-                 bus: CaptionBus | None = None, on_final: FinalHook | None = None):
+                 bus: CaptionBus | None = None, on_final: FinalHook | None = None,
+                 redactor: Redactor | None = None):
         self.call_id = call_id
         self.leg = leg
         self._submit = submit
@@ -36,21 +42,53 @@ class LegTranscript:
         self.on_final = on_final
         self.seq = 0  # finals stored so far: (leg_id, seq) is unique
         self.engines: set[str] = set()
+        self._redact = redactor.leg() if redactor is not None else None
+        self._hold_s = redactor.hold_s if redactor is not None else 0.0
+        self._release: asyncio.TimerHandle | None = None
 
     async def consume(self, session) -> None:
         """Store every Final and publish every Partial until the session's events end."""
-        async for ev in session.events():
-            if isinstance(ev, Final):
-                self.final(ev)
-            elif isinstance(ev, Partial):
-                self.partial(ev)
+        try:
+            async for ev in session.events():
+                if isinstance(ev, Final):
+                    self.final(ev)
+                elif isinstance(ev, Partial):
+                    self.partial(ev)
+        finally:
+            self.flush()
 
     def partial(self, ev: Partial) -> None:
         if self.bus is not None:
-            self.bus.publish(Caption("partial", self.call_id, self.leg.id, self.leg.speaker, ev.text,
+            text = ev.text if self._redact is None else self._redact.partial(ev.text, ev.start_ms)
+            self.bus.publish(Caption("partial", self.call_id, self.leg.id, self.leg.speaker, text,
                                      ev.start_ms, ev.end_ms))
 
-    def final(self, ev: Final) -> UtteranceRecord:
+    def final(self, ev: Final) -> None:
+        """Store ``ev`` (redacted), or hold it back a moment if redaction may still change it."""
+        if self._redact is None:
+            self._store(ev)
+            return
+        for out in self._redact.final(ev):
+            self._store(out)
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if self._redact.holding:
+            try:
+                self._release = asyncio.get_running_loop().call_later(self._hold_s, self.flush)
+            except RuntimeError:  # no event loop (direct use): held until flush()
+                pass
+
+    def flush(self) -> None:
+        """Store whatever redaction holds back (at the session's end, or when hold_s has passed)."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if self._redact is not None:
+            for out in self._redact.flush():
+                self._store(out)
+
+    def _store(self, ev: Final) -> UtteranceRecord:
         latency_ms = None
         if ev.audio_end_monotonic is not None:
             latency_ms = max(0, round((time.monotonic() - ev.audio_end_monotonic) * 1000))
