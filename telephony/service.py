@@ -2,7 +2,8 @@
 benchmarks and the tests.
 
     start: storage (database → migrations → journal → writer) → ASR engine → call manager
-           → metrics → HTTP (health, API, captions, WebRTC signalling, /metrics) → SIP
+           → metrics → HTTP (health, API, captions, WebRTC signalling, media forks, /metrics)
+           → SIP → AudioSocket
     stop:  stop taking calls → endpoints end their calls (BYE / peer close) → every open call
            ends (jitter buffers played out, open utterances decoded, last finals stored)
            → HTTP closes → engine → writer (last, so every final is written or journalled)
@@ -35,6 +36,7 @@ class Service:
         self.settings = settings
         self._http = http
         self._sip = settings.sip.enabled if sip is None else sip
+        self._audiosocket = settings.audiosocket.enabled
         self._webrtc = (settings.webrtc.enabled if webrtc is None else webrtc) and http
         self._asr = asr
         self._engine = engine
@@ -44,6 +46,7 @@ class Service:
         self.app = None
         self.gateway = None  # WebRtcGateway
         self.sip = None  # SipEndpoint
+        self.audiosocket = None  # forks.audiosocket.AudioSocketServer
         self.admission = None  # Admission: one mechanism for every way in
         self.metrics = None  # telephony.metrics.Metrics, unless [metrics] is off
         self.port = 0  # HTTP port actually bound
@@ -109,6 +112,11 @@ class Service:
 
                 self.sip = SipEndpoint(self.settings, self.manager, self.admission)
                 await self.sip.start()
+            if self._audiosocket:
+                from .forks.audiosocket import AudioSocketServer
+
+                self.audiosocket = AudioSocketServer(self.settings, self.manager)
+                await self.audiosocket.start()
         except BaseException:
             await self._close_parts()
             raise
@@ -164,6 +172,9 @@ class Service:
             self.gateway = WebRtcGateway(self.manager, self.settings.webrtc)
         mount(self.app, manager=self.manager, database_url=self.runtime.database_url,
               settings=self.settings.api, webrtc=self.gateway)
+        from .forks import add_routes as add_fork_routes
+
+        add_fork_routes(self.app, self.manager, self.settings)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.service.http_host, self.settings.service.http_port)
@@ -178,7 +189,7 @@ class Service:
         log.info("stopping: no new calls; finishing %d open calls", self.manager.active_calls)
         self.manager.accepting = False
         try:
-            for endpoint in (self.gateway, self.sip):
+            for endpoint in (self.gateway, self.sip, self.audiosocket):
                 if endpoint is not None:
                     await endpoint.stop()
             await self.manager.shutdown()

@@ -42,6 +42,19 @@ def presented_token(request: web.Request) -> str | None:
     return None
 
 
+def token_valid(valid: list[bytes], token: str) -> bool:
+    """Compare with every token in constant time: no early exit that leaks which one matched."""
+    ok = False
+    for t in valid:
+        ok |= hmac.compare_digest(t, token.encode())
+    return ok
+
+
+def local_client(request: web.Request) -> bool:
+    """A loopback peer that addresses us by a loopback host name (who may come in without a token)."""
+    return _is_loopback(request.remote) and _host_name(request.host).lower() in LOOPBACK_NAMES
+
+
 def auth_middleware(tokens: list[str]):
     valid = [t.encode() for t in tokens if t]
 
@@ -54,15 +67,11 @@ def auth_middleware(tokens: list[str]):
             if token is None:
                 return json_error(401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)",
                                   headers={"WWW-Authenticate": 'Bearer realm="telephony"'})
-            # Compare with every token in constant time: no early exit that leaks which one matched.
-            ok = False
-            for t in valid:
-                ok |= hmac.compare_digest(t, token.encode())
-            if not ok:
+            if not token_valid(valid, token):
                 return json_error(401, "unauthorized", "invalid bearer token",
                                   headers={"WWW-Authenticate": 'Bearer realm="telephony", error="invalid_token"'})
             return await handler(request)
-        if not _is_loopback(request.remote) or _host_name(request.host).lower() not in LOOPBACK_NAMES:
+        if not local_client(request):
             return json_error(403, "forbidden", "no API token configured: only loopback clients using a loopback "
                               "host name may call the API (set api.tokens to open it to others)")
         return await handler(request)

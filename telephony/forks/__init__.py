@@ -1,0 +1,24 @@
+"""Media forks: phone systems that copy a call's audio to us over a socket instead of a SIP leg.
+
+    twilio.py       Twilio Media Streams           WebSocket /ingest/twilio
+    stream.py       FreeSWITCH mod_audio_stream,   WebSocket /ingest/stream
+                    jambonz listen
+    audiosocket.py  Asterisk AudioSocket           TCP [audiosocket] port (9092)
+    websocket.py    access, receive loop, media timeout and close codes of the WebSocket forks
+    call.py         what every fork does with its call: admission, legs, backpressure, end
+
+Each turns its protocol into a call (``source`` twilio | stream | audiosocket) with stream legs
+(``LiveCall.add_stream_leg``): the rest of the service never knows where the audio came from.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+def add_routes(app: web.Application, manager, settings) -> None:
+    """The WebSocket forks on the service's HTTP port."""
+    from . import stream, twilio
+
+    twilio.add_routes(app, manager, settings)
+    stream.add_routes(app, manager, settings)
