@@ -115,3 +115,50 @@ async def closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 30.0) -> 
 def abort(ws: aiohttp.ClientWebSocketResponse) -> None:
     """Drop the TCP connection without a close frame (a crashed sender, a cut network)."""
     ws._conn.transport.abort()
+
+
+def pcm16(samples: np.ndarray) -> np.ndarray:
+    """int16 from int16 or float [-1, 1) samples."""
+    if samples.dtype == np.int16:
+        return samples
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+
+
+class StreamClient:
+    """What FreeSWITCH mod_audio_stream and jambonz ``listen`` send: an optional JSON metadata text
+    message, then binary L16 little-endian frames (20 ms), stereo interleaved for two channels."""
+
+    def __init__(self, url: str, channels: list[np.ndarray], rate: int, metadata: dict | None = None):
+        self.url = url
+        self.channels = [pcm16(c) for c in channels]
+        self.rate = rate
+        self.metadata = metadata
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+
+    @property
+    def frames(self) -> list[bytes]:
+        n = max(len(c) for c in self.channels)
+        data = np.zeros((n, len(self.channels)), dtype="<i2")
+        for i, c in enumerate(self.channels):
+            data[:len(c), i] = c
+        step = self.rate // 50
+        return [data[i:i + step].tobytes() for i in range(0, n, step)]
+
+    async def open(self, http: aiohttp.ClientSession, **kw) -> None:
+        self.ws = await http.ws_connect(self.url, **kw)
+        if self.metadata is not None:
+            await self.ws.send_str(json.dumps(self.metadata))
+
+    async def stream(self, *, pace: bool, upto_s: float | None = None) -> None:
+        t0 = time.monotonic()
+        for n, frame in enumerate(self.frames):
+            if upto_s is not None and n * 0.02 >= upto_s:
+                break
+            if pace:
+                await paced(n, t0, 0.02)
+            await self.ws.send_bytes(frame)
+
+    async def finish(self) -> tuple[int | None, str]:
+        """The sender hangs up: a normal close."""
+        await self.ws.close()
+        return self.ws.close_code, ""
