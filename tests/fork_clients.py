@@ -162,3 +162,48 @@ class StreamClient:
         """The sender hangs up: a normal close."""
         await self.ws.close()
         return self.ws.close_code, ""
+
+
+class AudioSocketClient:
+    """What Asterisk's AudioSocket() sends (https://docs.asterisk.org/Configuration/Channel-Drivers/AudioSocket/):
+    frames of kind (1 byte), length (2 bytes, big-endian), payload: the call UUID first, then 20 ms
+    of 8 kHz signed-linear audio per frame, then a hang-up."""
+
+    UUID, AUDIO, HANGUP, ERROR, DTMF = 0x01, 0x10, 0x00, 0xFF, 0x03
+
+    def __init__(self, port: int, call_uuid, pcm: np.ndarray):
+        self.port = port
+        self.uuid = call_uuid
+        self.pcm = pcm16(pcm)
+        self.reader = self.writer = None
+
+    @staticmethod
+    def frame(kind: int, payload: bytes = b"") -> bytes:
+        return bytes([kind]) + len(payload).to_bytes(2, "big") + payload
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(self.frame(self.UUID, self.uuid.bytes))
+
+    async def stream(self, *, pace: bool, upto_s: float | None = None) -> None:
+        t0 = time.monotonic()
+        data = self.pcm.astype("<i2").tobytes()
+        for n, i in enumerate(range(0, len(data), 320)):
+            if upto_s is not None and n * 0.02 >= upto_s:
+                break
+            if pace:
+                await paced(n, t0, 0.02)
+            self.writer.write(self.frame(self.AUDIO, data[i:i + 320]))
+            await self.writer.drain()
+
+    async def hang_up(self) -> None:
+        self.writer.write(self.frame(self.HANGUP))
+        await self.writer.drain()
+        await self.closed()
+
+    async def closed(self, timeout: float = 30.0) -> bytes:
+        """Wait until the service closes the connection; what it sent back (nothing, for a recorder)."""
+        async with asyncio.timeout(timeout):
+            rest = await self.reader.read()
+        self.writer.close()
+        return rest
