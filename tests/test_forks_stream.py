@@ -98,6 +98,7 @@ async def test_bad_input_closes_with_a_code_and_other_calls_go_on(tmp_path, fres
                 "too big": await attempt("?sample_rate=8000&uuid=big", b"\x00" * 300_000),
             }
             await good.stream(pace=False)
+            await good.ws.send_str(json.dumps({"self": "x", "agent": "7", "token": "never stored"}))  # metadata mid-call
             await good.finish()
     assert {k: c for k, (c, _) in codes.items()} == {
         "rate": 1003, "channels": 1003, "json": 1007, "no rate": 1008, "odd bytes": 1007, "change": 1008,
@@ -105,6 +106,7 @@ async def test_bad_input_closes_with_a_code_and_other_calls_go_on(tmp_path, fres
     assert "44100" in codes["rate"][1] and "sample_rate" in codes["no rate"][1]
     got = await stored(db_engine, "stream", "good")
     assert got["call"]["status"] == "completed"
+    assert got["call"]["meta"]["agent"] == "7" and got["call"]["meta"]["self"] == "x" and "token" not in got["call"]["meta"]
     assert abs(got["legs"][0]["duration_ms"] - frames_ms(len(prompt_8k("auth-thankyou")), 8000)) <= 40
     change = await stored(db_engine, "stream", "change")  # refused mid-call: the 20 ms it had sent are kept
     assert change["legs"][0]["duration_ms"] == 20

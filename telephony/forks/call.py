@@ -57,7 +57,7 @@ class ForkCall:
     async def start(self, *, legs: int, external_id: str | None, meta: dict, remote: str | None) -> Refusal | None:
         admission = self.manager.admission
         if not self.manager.accepting:
-            return Refusal("shutting down", 5, "shutting_down")
+            return Refusal("shutting down", self.manager.settings.admission.retry_after_s, "shutting_down")
         refusal = admission.check(remote, legs=legs) if admission is not None else None
         if refusal is not None:
             return refusal

@@ -24,7 +24,7 @@ import numpy as np
 from aiohttp import web
 
 from ..api.errors import json_error
-from .call import ForkCall, ProtocolError
+from .call import ForkCall, ProtocolError, clean_meta
 from .websocket import INVALID, POLICY, TRY_LATER, UNSUPPORTED, check_access, refuse_busy, run
 
 PATH = "/ingest/stream"
@@ -80,7 +80,7 @@ class AudioStream:
         if self.fork.call is not None:
             if (rate or self.rate) != self.rate or (channels or self.channels) != self.channels:
                 raise ProtocolError(POLICY, "the audio format cannot change mid-stream")
-            self.fork.call.update_meta(**{k: v for k, v in meta.items() if k not in ("token", "access_token")})
+            self.fork.call.update_meta(**clean_meta(meta))
             return
         self.rate = rate or self.rate
         self.channels = channels or self.channels

@@ -43,7 +43,6 @@ class TwilioStream:
         self.done = False
         self.legs: dict = {}  # track -> LiveLeg
         self._ulaw = CODECS["PCMU"].decoder()
-        self.marks = 0
 
     async def binary(self, data: bytes) -> None:
         raise ProtocolError(UNSUPPORTED, "Twilio Media Streams send JSON text messages, not binary")
@@ -66,10 +65,8 @@ class TwilioStream:
             await self._start(msg.get("start"), msg.get("streamSid"))
         elif event == "stop":
             self.done = True
-        elif event == "mark":
-            self.marks += 1  # our own playback markers: there is no playback here
-        elif event == "dtmf":
-            pass  # keys are not stored from Twilio (no timing in the message)
+        elif event in ("mark", "dtmf"):
+            pass  # playback markers (we play nothing back); keys (no timing in the message: not stored)
         else:
             raise ProtocolError(POLICY, f"unknown event {str(event)[:40]!r}")
 
