@@ -14,6 +14,7 @@ SIGINT or SIGTERM on ``telephony serve`` runs ``stop``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -120,6 +121,11 @@ class Service:
         except BaseException:
             await self._close_parts()
             raise
+        # What start built (engines, the app, SQLAlchemy, codecs) lives until stop: keep it out of the
+        # collector's full passes, which otherwise stall the event loop (measured, 400 fork streams:
+        # gen-2 collections up to 0.35 s, the loop 0.49 s late; frozen: 17 ms and 0.19 s).
+        gc.collect()
+        gc.freeze()
         return self
 
     async def _more_engines(self) -> dict:
@@ -195,6 +201,7 @@ class Service:
             await self.manager.shutdown()
         finally:
             await self._close_parts()
+            gc.unfreeze()  # what start built may be collected now
 
     async def _close_parts(self) -> None:
         try:
