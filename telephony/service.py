@@ -48,6 +48,7 @@ class Service:
         self.gateway = None  # WebRtcGateway
         self.sip = None  # SipEndpoint
         self.audiosocket = None  # forks.audiosocket.AudioSocketServer
+        self.fork_sockets = None  # forks.websocket.OpenSockets: Twilio, mod_audio_stream
         self.admission = None  # Admission: one mechanism for every way in
         self.metrics = None  # telephony.metrics.Metrics, unless [metrics] is off
         self.port = 0  # HTTP port actually bound
@@ -180,7 +181,7 @@ class Service:
               settings=self.settings.api, webrtc=self.gateway)
         from .forks import add_routes as add_fork_routes
 
-        add_fork_routes(self.app, self.manager, self.settings)
+        self.fork_sockets = add_fork_routes(self.app, self.manager, self.settings)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.service.http_host, self.settings.service.http_port)
@@ -198,6 +199,8 @@ class Service:
             for endpoint in (self.gateway, self.sip, self.audiosocket):
                 if endpoint is not None:
                     await endpoint.stop()
+            if self.fork_sockets is not None:
+                await self.fork_sockets.close_all()
             await self.manager.shutdown()
         finally:
             await self._close_parts()

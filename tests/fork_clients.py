@@ -106,8 +106,10 @@ async def closed(ws: aiohttp.ClientWebSocketResponse, timeout: float = 30.0) -> 
     async with asyncio.timeout(timeout):
         while True:
             msg = await ws.receive()
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-                return ws.close_code, (msg.extra or "") if msg.type is aiohttp.WSMsgType.CLOSE else ""
+            if msg.type is aiohttp.WSMsgType.CLOSE:  # the code and reason the service sent
+                return int(msg.data), msg.extra or ""
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                return ws.close_code, ""
             if msg.type is aiohttp.WSMsgType.ERROR:
                 return ws.close_code, str(msg.data)
 

@@ -175,3 +175,20 @@ async def test_silence_ends_the_call_and_capacity_refuses_with_1013(tmp_path, fr
     got = await stored(db_engine, "twilio", "CAquiet")
     assert got["call"]["status"] == "completed"
     assert abs(got["legs"][0]["duration_ms"] - padded_ms(prompt_8k("auth-thankyou"))) <= 40
+
+
+async def test_service_stop_closes_open_streams_and_keeps_their_audio(tmp_path, fresh_database_url, db_engine):
+    svc = await Service(local_settings(tmp_path, fresh_database_url)).start()
+    async with aiohttp.ClientSession() as http:
+        client = TwilioClient(svc.url + "/ingest/twilio", "CAopen", {"inbound": prompt_8k("auth-thankyou")})
+        await client.open(http)
+        await client.stream(pace=False)  # no stop: the stream is still open when the service stops
+        while svc.manager.active_legs < 1:
+            await asyncio.sleep(0.01)
+        t0 = asyncio.get_running_loop().time()
+        await svc.stop()
+        assert asyncio.get_running_loop().time() - t0 < 5  # not the HTTP server's 60 s shutdown timeout
+        assert await client.closed(timeout=5) == (1001, "service stopping")
+    got = await stored(db_engine, "twilio", "CAopen")
+    assert got["call"]["status"] == "completed"
+    assert abs(got["legs"][0]["duration_ms"] - padded_ms(prompt_8k("auth-thankyou"))) <= 40

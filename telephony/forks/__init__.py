@@ -16,9 +16,12 @@ from __future__ import annotations
 from aiohttp import web
 
 
-def add_routes(app: web.Application, manager, settings) -> None:
-    """The WebSocket forks on the service's HTTP port."""
+def add_routes(app: web.Application, manager, settings):
+    """The WebSocket forks on the service's HTTP port; returns their open sockets (``close_all`` at stop)."""
     from . import stream, twilio
+    from .websocket import OpenSockets
 
-    twilio.add_routes(app, manager, settings)
-    stream.add_routes(app, manager, settings)
+    open_sockets = OpenSockets()
+    twilio.add_routes(app, manager, settings, open_sockets)
+    stream.add_routes(app, manager, settings, open_sockets)
+    return open_sockets

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..api.errors import json_error
 from .call import ForkCall, ProtocolError, clean_meta
-from .websocket import INVALID, POLICY, TRY_LATER, UNSUPPORTED, check_access, refuse_busy, run
+from .websocket import INVALID, POLICY, TRY_LATER, UNSUPPORTED, OpenSockets, check_access, refuse_busy, run
 
 PATH = "/ingest/stream"
 MAX_MESSAGE_BYTES = 256 * 1024  # 8 s of 16 kHz mono; senders send 20-100 ms per message
@@ -110,7 +110,7 @@ class AudioStream:
         self.legs = [self.fork.add_leg(speaker, self.rate, "L16", role=f"channel {i}") for i, speaker in enumerate(speakers)]
 
 
-def add_routes(app: web.Application, manager, settings) -> None:
+def add_routes(app: web.Application, manager, settings, open_sockets: OpenSockets) -> None:
     async def handle(request: web.Request) -> web.StreamResponse:
         access = check_access(request, settings.api.tokens)
         if isinstance(access, web.Response):
@@ -121,6 +121,6 @@ def add_routes(app: web.Application, manager, settings) -> None:
             stream = AudioStream(ForkCall(manager, "stream"), settings, request.remote, request.query)
         except ProtocolError as exc:  # a bad query: refused before the upgrade
             return json_error(400, "bad_request", exc.reason)
-        return await run(request, stream, settings, max_message_bytes=MAX_MESSAGE_BYTES)
+        return await run(request, stream, settings, max_message_bytes=MAX_MESSAGE_BYTES, open_sockets=open_sockets)
 
     app.router.add_get(PATH, handle)

@@ -27,7 +27,7 @@ from aiohttp import web
 from ..api.auth import token_valid
 from ..media.codecs import CODECS
 from .call import ForkCall, ProtocolError
-from .websocket import INVALID, POLICY, TRY_LATER, UNSUPPORTED, check_access, refuse_busy, run
+from .websocket import INVALID, POLICY, TRY_LATER, UNSUPPORTED, OpenSockets, check_access, refuse_busy, run
 
 PATH = "/ingest/twilio"
 MAX_MESSAGE_BYTES = 64 * 1024  # a media message carries 20 ms (~300 bytes); start with its parameters stays small
@@ -127,7 +127,7 @@ class TwilioStream:
             await self.fork.push([leg], [pcm], 8000, at_ms)
 
 
-def add_routes(app: web.Application, manager, settings) -> None:
+def add_routes(app: web.Application, manager, settings, open_sockets: OpenSockets) -> None:
     async def handle(request: web.Request) -> web.StreamResponse:
         access = check_access(request, settings.api.tokens, later=True)
         if isinstance(access, web.Response):
@@ -135,6 +135,6 @@ def add_routes(app: web.Application, manager, settings) -> None:
         if not manager.accepting:
             return refuse_busy("shutting down", settings.admission.retry_after_s)
         stream = TwilioStream(ForkCall(manager, "twilio"), settings, request.remote, token_owed=access)
-        return await run(request, stream, settings, max_message_bytes=MAX_MESSAGE_BYTES)
+        return await run(request, stream, settings, max_message_bytes=MAX_MESSAGE_BYTES, open_sockets=open_sockets)
 
     app.router.add_get(PATH, handle)

@@ -23,7 +23,19 @@ from .call import ForkCall, ProtocolError, media_timeout_s
 log = logging.getLogger(__name__)
 
 # Close codes (RFC 6455 §7.4.1)
-NORMAL, UNSUPPORTED, INVALID, POLICY, TOO_BIG, TRY_LATER = 1000, 1003, 1007, 1008, 1009, 1013
+NORMAL, GOING_AWAY, UNSUPPORTED, INVALID, POLICY, TOO_BIG, TRY_LATER = 1000, 1001, 1003, 1007, 1008, 1009, 1013
+
+
+class OpenSockets:
+    """The fork sockets open now: the service closes them (1001) when it stops, so their calls
+    end with everything received instead of waiting out the HTTP server's shutdown timeout."""
+
+    def __init__(self):
+        self.sockets: set[web.WebSocketResponse] = set()
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(ws.close(code=GOING_AWAY, message=b"service stopping") for ws in list(self.sockets)),
+                             return_exceptions=True)
 
 
 class Adapter(Protocol):
@@ -66,10 +78,12 @@ def refuse_busy(reason: str, retry_after_s: int) -> web.Response:
     return json_error(503, "busy", reason, headers={"Retry-After": str(retry_after_s)})
 
 
-async def run(request: web.Request, adapter: Adapter, settings, *, max_message_bytes: int) -> web.WebSocketResponse:
+async def run(request: web.Request, adapter: Adapter, settings, *, max_message_bytes: int,
+              open_sockets: OpenSockets) -> web.WebSocketResponse:
     """Receive until the sender stops, breaks the protocol, vanishes or goes quiet; then close and end the call."""
     ws = web.WebSocketResponse(max_msg_size=max_message_bytes, autoping=True)
     await ws.prepare(request)
+    open_sockets.sockets.add(ws)
     fork = adapter.fork
     timeout = media_timeout_s(settings)
     last_audio = time.monotonic()
@@ -102,5 +116,6 @@ async def run(request: web.Request, adapter: Adapter, settings, *, max_message_b
             if not ws.closed:
                 await ws.close(code=code, message=reason.encode()[:120])
         finally:
+            open_sockets.sockets.discard(ws)
             await fork.end()
     return ws
