@@ -10,7 +10,6 @@ then stops the sender.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
@@ -19,8 +18,6 @@ from ..admission import Refusal
 from ..calls import CallManager, LiveCall, LiveLeg
 from ..media.audio import AudioFrame
 from ..records import CallRecord, new_id, utcnow
-
-log = logging.getLogger(__name__)
 
 MAX_AHEAD_S = 2.0  # audio a fork may be ahead of real time before we stop reading its socket
 RESERVED_META = ("token", "access_token")  # credentials a sender may put among its parameters: never stored
