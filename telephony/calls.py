@@ -270,7 +270,7 @@ class LiveCall:
         self.legs.append(leg)
         return leg
 
-    def update_meta(self, **meta) -> None:
+    def update_meta(self, /, **meta) -> None:  # positional-only: any key (even "self") is meta
         self.record.meta.update(meta)
         self.manager._submit(CallRecord(**{**self.record.__dict__, "meta": dict(self.record.meta)}))
 

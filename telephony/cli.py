@@ -147,6 +147,11 @@ async def cmd_bench(args, settings) -> int:
 
         await asyncio.to_thread(webrtc_bench, args.extra)
         return 0
+    if args.target == "forks":
+        from .bench.forks import main as forks_bench
+
+        await asyncio.to_thread(forks_bench, args.extra)
+        return 0
     if args.target == "streaming":
         from .bench.streaming import main as streaming_bench
 
@@ -277,10 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_db)
 
     b = sub.add_parser("bench", help="measure pipeline cost, ASR speed, WER and final latency; prints a table, writes JSON",
-                       description="telephony bench [core] [options] | telephony bench sip|webrtc|streaming [--help]")
-    b.add_argument("target", nargs="?", choices=["core", "sip", "webrtc", "streaming"], default="core",
+                       description="telephony bench [core] [options] | telephony bench sip|webrtc|streaming|forks [--help]")
+    b.add_argument("target", nargs="?", choices=["core", "sip", "webrtc", "streaming", "forks"], default="core",
                    help="core: pipeline, WER and latency (default); sip / webrtc: load from real peers over loopback; "
-                        "streaming: legs per core with a streaming speech service")
+                        "streaming: legs per core with a streaming speech service; forks: WebSocket ingest streams per core")
     b.add_argument("--legs", type=int, default=10, help="concurrent real-time legs for the latency run")
     b.add_argument("--duration", type=float, default=60.0, help="seconds of audio per leg in the latency run")
     b.add_argument("--prompts", type=int, default=60, help="Asterisk prompts in the WER run")

@@ -171,6 +171,31 @@ class WebRtcSettings:
 
 
 @dataclass
+class TwilioSettings:
+    # Twilio Media Streams at /ingest/twilio: the two tracks become two legs with these speakers.
+    inbound_speaker: str = "caller"  # the caller's audio (track "inbound")
+    outbound_speaker: str = "agent"  # what Twilio plays or the other party says (track "outbound")
+
+
+@dataclass
+class StreamSettings:
+    # FreeSWITCH mod_audio_stream / jambonz listen at /ingest/stream: L16 frames, mono or stereo.
+    mono_speaker: str = "caller"  # a mono stream ("mono": the caller; "mixed": both parties)
+    left_speaker: str = "caller"  # stereo: channel 0
+    right_speaker: str = "agent"  # stereo: channel 1
+
+
+@dataclass
+class AudioSocketSettings:
+    # Asterisk AudioSocket(): raw TCP, one direction of one call per connection.
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9092
+    # Speakers of the 1st, 2nd... connection carrying the same call UUID (Asterisk sends one direction each).
+    speakers: list[str] = field(default_factory=lambda: ["caller", "agent"])
+
+
+@dataclass
 class ApiSettings:
     # Bearer tokens accepted for /api/* and /webrtc/* (any one of them). Empty: no token, and then
     # only loopback clients addressing the service by a loopback host name are let in.
@@ -258,6 +283,9 @@ class Settings:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
+    twilio: TwilioSettings = field(default_factory=TwilioSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    audiosocket: AudioSocketSettings = field(default_factory=AudioSocketSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
@@ -323,6 +351,10 @@ class Settings:
             raise ConfigError("asr.workers and asr.beam_size must be at least 1")
         if self.service.log_format not in ("text", "json"):
             raise ConfigError(f"service.log_format must be text or json, got {self.service.log_format!r}")
+        if not self.audiosocket.speakers:
+            raise ConfigError("audiosocket.speakers must name at least one speaker")
+        if not 0 <= self.audiosocket.port < 65536:
+            raise ConfigError(f"audiosocket.port must be 0..65535, got {self.audiosocket.port}")
         self.metrics.listen_address()  # raises ConfigError for a malformed address
         from .webhooks.endpoints import configured_endpoints
 
