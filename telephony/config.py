@@ -391,8 +391,9 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
         if not name.startswith("TELEPHONY_") or name == "TELEPHONY_CONFIG":
             continue
         rest = name[len("TELEPHONY_"):].lower()
-        section, _, key = rest.partition("_")
-        if section in sections and key:
-            _apply(settings, section, key, value)
+        # Section names may hold underscores themselves (second_pass): the longest that fits.
+        section = max((s for s in sections if rest.startswith(s + "_")), key=len, default=None)
+        if section is not None:
+            _apply(settings, section, rest[len(section) + 1:], value)
     settings.validate(env)
     return settings

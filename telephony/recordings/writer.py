@@ -140,13 +140,18 @@ class LegRecording:
                 self._encode(np.zeros(gap, dtype=np.int16), 0)
             if self._container is None and not self._failed:
                 self._open()  # a leg without audio still gets a (valid, empty) file
-            if self._container is not None:
-                for packet in self._stream.encode(None):
-                    self._container.mux(packet)
-                self._container.close()
-            if self._file is not None:
-                os.fsync(self._file.fileno())
-                self._file.close()
+            try:
+                if self._container is not None and not self._failed:
+                    for packet in self._stream.encode(None):
+                        self._container.mux(packet)
+                    self._container.close()
+            finally:
+                if self._file is not None:
+                    try:
+                        os.fsync(self._file.fileno())
+                    except OSError:
+                        pass  # not a regular file (a pipe): nothing to sync
+                    self._file.close()
             if self._failed:
                 raise OSError(self._failed)
             h = hashlib.sha256()
@@ -172,7 +177,7 @@ class Recorder:
     def __init__(self, directory: Path, fmt: str = "flac", queue_frames: int = 3000):
         if fmt not in FORMATS:
             raise ValueError(f"recording format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        self.directory = Path(directory)
+        self.directory = Path(directory).expanduser().resolve()  # rows store absolute paths
         self.format = fmt
         self.queue_frames = queue_frames
         self.dropped_frames = 0
