@@ -74,10 +74,10 @@ async def _texts(db, call_ids, revision):
 
     async with db.connect() as conn:
         rows = (await conn.execute(text(
-            "SELECT call_id, string_agg(text, ' ' ORDER BY seq) AS t FROM utterances"
+            "SELECT call_id, string_agg(text, ' ' ORDER BY seq) AS words FROM utterances"
             " WHERE call_id = ANY(CAST(:ids AS uuid[])) AND revision = :r GROUP BY call_id"),
             {"ids": call_ids, "r": revision})).all()
-    got = {str(r.call_id): r.t for r in rows}
+    got = {str(r.call_id): r.words for r in rows}
     return [got.get(c, "") for c in call_ids]
 
 

@@ -71,7 +71,8 @@ async def list_calls(
 
     ``since`` is inclusive, ``until`` exclusive (call start times). ``phrase`` is
     web-search syntax (``"exact words" -not or``) matched through the full-text
-    index; matching calls carry ``matches``, the number of matching utterances.
+    index; matching calls carry ``matches``, the number of matching utterances (in any revision,
+    each counted once).
     """
     since_ = _moment("since", since)
     until_ = _moment("until", until)
@@ -93,7 +94,7 @@ async def list_calls(
     if phrase is not None and phrase.strip():
         # The expression must match the index's, to_tsvector('english', text), to use it.
         matches = (
-            ", (SELECT count(*) FROM utterances m WHERE m.call_id = c.id"
+            ", (SELECT count(DISTINCT (m.leg_id, m.seq)) FROM utterances m WHERE m.call_id = c.id"
             " AND to_tsvector('english', m.text) @@ websearch_to_tsquery('english', :phrase)) AS matches"
         )
         where.append(
@@ -104,7 +105,7 @@ async def list_calls(
     sql = (
         f"SELECT {CALL_COLUMNS},"
         " (SELECT count(*) FROM legs l WHERE l.call_id = c.id) AS legs,"
-        " (SELECT count(*) FROM utterances u WHERE u.call_id = c.id) AS utterances"
+        " (SELECT count(*) FROM utterances u WHERE u.call_id = c.id AND u.revision = 0) AS utterances"
         f"{matches} FROM calls c"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY c.started_at DESC, c.id LIMIT :limit"
