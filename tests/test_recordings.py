@@ -212,3 +212,44 @@ async def test_opus_recording_matches_the_leg_duration(fresh_database_url, tmp_p
     audio = read_recording(rec["path"], rate=8000)
     assert abs(audio.duration_ms - leg_row["duration_ms"]) <= 40
     assert rec["bytes"] < leg_row["duration_ms"] * 8 * 2 / 4  # at least 4x smaller than 16-bit PCM
+
+
+@pytest.mark.slow
+async def test_the_call_page_plays_a_leg_and_seeks_to_a_clicked_utterance(fresh_database_url, tmp_path):
+    from playwright.async_api import async_playwright
+
+    from .test_browser_softphone import CHROMIUM, chromium_args
+
+    s = settings_for(fresh_database_url, tmp_path)
+    s.asr.engine = "whisper"
+    s.asr.partial_interval_ms = 0
+    speech = np.concatenate([silence(2.0), prompt_8k("auth-thankyou"), silence(0.8)])
+    errors: list[str] = []
+    async with Service(s, sip=False, webrtc=False) as svc:
+        call = await svc.manager.start_call(CallRecord(id=new_id(), source="sip", started_at=utcnow()))
+        leg = call.add_leg(speaker="Alice")
+        await play(leg, impair(packets(speech)))
+        await call.end()
+        await svc.manager.flushed()
+        assert await svc.writer.flush(timeout=30)
+        utt = (await rows(fresh_database_url, "SELECT start_ms FROM utterances WHERE call_id = :c", c=call.id))[0]
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                               args=chromium_args(tmp_path / "none.wav"))
+            try:
+                page = await browser.new_page()
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                await page.goto(f"{svc.url}/calls/{call.id}")
+                await page.wait_for_selector("#transcript tbody tr", timeout=10_000)
+                await page.wait_for_function("document.querySelector('audio[data-leg]').readyState >= 1", timeout=10_000)
+                duration = await page.evaluate("document.querySelector('audio[data-leg]').duration")
+                await page.click("#transcript tbody tr")
+                await page.wait_for_function("!document.querySelector('audio[data-leg]').paused", timeout=10_000)
+                at = await page.evaluate("document.querySelector('audio[data-leg]').currentTime")
+            finally:
+                await browser.close()
+    assert not errors, errors
+    assert abs(duration - leg.media.duration_ms / 1000) < 0.1, duration
+    # Playback starts at the utterance (the leg's file begins at the leg's start in the call).
+    expected = (utt["start_ms"] - leg.record.started_ms) / 1000
+    assert expected > 1.0 and expected - 0.05 <= at <= expected + 0.5, (at, expected)
