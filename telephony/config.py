@@ -322,6 +322,8 @@ class Settings:
             raise ConfigError(f"recordings.format must be flac or opus, got {self.recordings.format!r}")
         if self.recordings.retention_days < 0 or self.recordings.queue_frames < 1 or self.recordings.retention_interval_s <= 0:
             raise ConfigError("recordings.retention_days must be >= 0, queue_frames >= 1, retention_interval_s > 0")
+        if self.second_pass.enabled and not self.recordings.enabled:
+            raise ConfigError("second_pass.enabled needs recordings.enabled: the second pass decodes the recordings")
         if self.second_pass.beam_size < 1 or self.second_pass.pad_ms < 0:
             raise ConfigError("second_pass.beam_size must be at least 1 and pad_ms >= 0")
         self.metrics.listen_address()  # raises ConfigError for a malformed address

@@ -63,6 +63,8 @@ def test_settings_from_the_environment():
     assert not Settings().recordings.enabled and not Settings().second_pass.enabled
     with pytest.raises(ValueError, match="recordings.format"):
         load_settings(env={"TELEPHONY_RECORDINGS_FORMAT": "mp3"})
+    with pytest.raises(ValueError, match="needs recordings.enabled"):
+        load_settings(env={"TELEPHONY_SECOND_PASS_ENABLED": "true"})
 
 
 async def test_a_call_is_recorded_per_leg_aligned_served_with_range_and_expired(fresh_database_url, tmp_path):
