@@ -2,9 +2,10 @@
 
 Live finals must be fast; the stored transcript can be better. Once a call has ended, each
 recorded leg is decoded again, cut where the live VAD cut it (each live utterance, plus
-``pad_ms`` either side: 0 by default, padding measured worse), by a bigger Whisper model (``[second_pass] model``, ``base`` by
-default). The result is stored as revision 1 of the same utterances (same leg, seq, times);
-the live revision 0 stays. ``call_transcripts`` and the API show each leg's best revision.
+``pad_ms`` either side: 0 by default, padding measured worse), by a bigger Whisper model
+(``[second_pass] model``, ``base`` by default). The result is stored as revision 1 of the
+same utterances (same leg, seq, times); the live revision 0 stays. ``call_transcripts`` and
+the API show each leg's best revision.
 
 Never at the expense of live finals:
 - one decode thread, at the lowest OS priority (nice 19); CTranslate2's own threads are
