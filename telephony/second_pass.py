@@ -10,7 +10,8 @@ the API show each leg's best revision.
 Never at the expense of live finals:
 - one decode thread, at the lowest OS priority (nice 19); CTranslate2's own threads are
   created from it and inherit that priority;
-- before each utterance it waits until no live final waits for a decoder.
+- before each utterance it waits until no live final waits for a decoder or is being decoded
+  (a decode on the other core still slows a live one through shared caches and memory).
 
 ``telephony retranscribe CALL_ID | --since ISO`` runs the same code by hand.
 """
@@ -127,7 +128,7 @@ def _lowest_priority() -> None:
 class SecondPass:
     """In the service: calls queue here as they end; one idle-priority thread re-transcribes them.
 
-    ``live_backlog()``: finals waiting for a live decoder (the pass waits while any do).
+    ``live_backlog()``: live finals waiting for or in a decoder (the pass waits while any are).
     ``redact(text) -> text``: applied to every text before it is stored, as for live finals.
     """
 

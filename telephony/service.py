@@ -154,8 +154,14 @@ class Service:
             self.manager.on_call_end = self.second_pass.call_ended
 
     def _live_backlog(self) -> int:
-        """Finals waiting for a live decoder, over every engine (the second pass waits while any do)."""
-        return sum(e.backlog() for e in self.manager.engines.values() if hasattr(e, "backlog"))
+        """Live finals waiting for a decoder or being decoded, over every engine: the second pass
+        waits for none, so it neither delays a final nor slows one down by sharing caches and memory."""
+        n = 0
+        for engine in self.manager.engines.values():
+            n += engine.backlog() if hasattr(engine, "backlog") else 0
+            scheduler = getattr(engine, "scheduler", None)
+            n += getattr(scheduler, "finals_running", 0)
+        return n
 
     def _start_metrics(self) -> None:
         m = self.settings.metrics
