@@ -10,8 +10,9 @@ the API show each leg's best revision.
 Never at the expense of live finals:
 - one decode thread, at the lowest OS priority (nice 19); CTranslate2's own threads are
   created from it and inherit that priority;
-- before each utterance it waits until no live final waits for a decoder or is being decoded
-  (a decode on the other core still slows a live one through shared caches and memory).
+- before each utterance it waits until no call is live (``during_calls = false``, the default),
+  or with ``during_calls`` until no live final waits for a decoder or is being decoded (a
+  decode on the other core still slows a live one through shared caches and memory).
 
 ``telephony retranscribe CALL_ID | --since ISO`` runs the same code by hand.
 """

@@ -154,8 +154,10 @@ class Service:
             self.manager.on_call_end = self.second_pass.call_ended
 
     def _live_backlog(self) -> int:
-        """Live finals waiting for a decoder or being decoded, over every engine: the second pass
-        waits for none, so it neither delays a final nor slows one down by sharing caches and memory."""
+        """What the second pass waits for: live legs (unless ``during_calls``), else live finals waiting
+        for a decoder or being decoded, over every engine (a decode beside a live one slows it)."""
+        if not self.settings.second_pass.during_calls and self.manager.active_legs:
+            return self.manager.active_legs  # wait until no call is live
         n = 0
         for engine in self.manager.engines.values():
             n += engine.backlog() if hasattr(engine, "backlog") else 0
