@@ -29,7 +29,7 @@ from .media.leg import FRAME_S, MediaLeg
 from .media.pacer import Pacer
 from .media.stream import StreamMedia
 from .media.rtp import RtpPacket
-from .records import CallEnd, CallRecord, LegEnd, LegEvent, LegRecord, Record, new_id, utcnow
+from .records import CallEnd, CallRecord, LegEnd, LegEvent, LegRecord, Record, RecordingRecord, new_id, utcnow
 from .redaction import Redactor
 from .transcript import FinalHook, LegTranscript
 
@@ -123,6 +123,10 @@ class LiveLeg:
         self._ended = False
         self.counted = False  # its media counters are in the manager's totals (no longer read live)
         self._tasks = []
+        self.recording = None
+        if manager.recorder is not None:  # the audio as it leaves the jitter buffer, at the leg's own rate
+            self.recording = manager.recorder.open(call.id, self.id, self.media.rate)
+            self.media.tap = self.recording.write
         if self._asr_on:
             from .asr import SessionInfo
 
@@ -229,7 +233,22 @@ class LiveLeg:
         error = getattr(self._session, "error", None)
         if error:
             stats["asr_error"] = error
+        if self.recording is not None:
+            stats["recording_frames_dropped"] = self.recording.dropped_frames
         manager._submit(LegEnd(self.id, self.media.duration_ms, stats))
+        if self.recording is not None:
+            await self._store_recording()
+
+    async def _store_recording(self) -> None:
+        try:
+            info = await asyncio.wrap_future(self.recording.close())
+        except Exception as exc:  # already logged by the writer; the transcript is unaffected
+            self.call.manager.recordings_failed += 1
+            log.warning("leg %s: no recording stored (%s)", self.id, exc, extra={"call_id": self.call.id})
+            return
+        self.call.manager._submit(RecordingRecord(
+            new_id(), self.call.id, self.id, info.path, info.format, info.codec, info.sample_rate,
+            info.duration_ms, info.bytes, info.sha256, info.dropped_frames))
 
 
 class LiveCall:
@@ -289,6 +308,8 @@ class LiveCall:
                      self.record.source, len(self.legs), time.monotonic() - self.t0,
                      sum(leg.transcript.seq for leg in self.legs), extra={"call_id": self.id})
             self.manager.calls_ended[(self.record.source, status)] += 1
+            if self.manager.on_call_end is not None:
+                self.manager.on_call_end(self.id)
             self.manager._calls.pop(self.id, None)
             if self.manager.bus is not None:
                 self.manager.bus.publish(Caption("call_end", self.id))
@@ -312,6 +333,14 @@ class CallManager:
         self.on_final = on_final
         self.redactor = Redactor.from_settings(settings.redaction)  # None: off
         self.clock = MediaClock()
+        self.recorder = None  # telephony.recordings.Recorder when [recordings] is on
+        self.recordings_failed = 0
+        if settings.recordings.enabled:
+            from .recordings import Recorder
+
+            r = settings.recordings
+            self.recorder = Recorder(settings.recordings_dir, r.format, r.queue_frames)
+        self.on_call_end = None  # hook(call_id) once a call's records are all handed to the writer (second pass)
         self.accepting = True
         self._calls: dict[str, LiveCall] = {}
         self._last: asyncio.Future | None = None  # the newest record's durability
@@ -377,3 +406,5 @@ class CallManager:
         self.accepting = False
         await asyncio.gather(*(call.end("completed") for call in self.calls()))
         await self.flushed()
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)

@@ -35,9 +35,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .store.queries import CallNotFound, InvalidQuery
     from .status import ServiceUnreachable
     from .store.writer import WriterClosed
+    from .second_pass import NoRecording
 
     return (ConfigError, ModelError, IngestError, DatabaseError, CodecError, FormatError, JournalError,
-            CallNotFound, InvalidQuery, WriterClosed, ServiceUnreachable)
+            CallNotFound, InvalidQuery, WriterClosed, ServiceUnreachable, NoRecording)
 
 
 # -- commands ---------------------------------------------------------------
@@ -118,6 +119,37 @@ async def cmd_transcript(args, settings) -> int:
     finally:
         await engine.dispose()
     print(render(rows, args.format, call={"id": args.call_id}))
+    return 0
+
+
+async def cmd_retranscribe(args, settings) -> int:
+    from .second_pass import retranscribe
+    from .store.queries import parse_call_id
+
+    if bool(args.call_id) == bool(args.since):
+        raise CliError("give a CALL_ID or --since ISO (not both)", EXIT_USAGE)
+    if args.call_id:
+        ids = [str(parse_call_id(args.call_id))]
+    else:
+        from datetime import timezone
+
+        from sqlalchemy import text
+
+        since = _parse_time(args.since)
+        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)  # a bare time means UTC
+        engine = await _query_engine(settings)
+        try:
+            async with engine.connect() as conn:  # calls with a recording still on disk
+                ids = [str(r.call_id) for r in (await conn.execute(text(
+                    "SELECT DISTINCT r.call_id, c.started_at FROM recordings r JOIN calls c ON c.id = r.call_id"
+                    " WHERE c.started_at >= :since AND c.ended_at IS NOT NULL AND r.deleted_at IS NULL"
+                    " ORDER BY c.started_at"),
+                    {"since": since})).all()]
+        finally:
+            await engine.dispose()
+        if not ids:
+            raise CliError(f"no ended call with a recording since {args.since}", EXIT_INPUT)
+    await retranscribe(settings, ids, model=args.model, redo=args.redo)
     return 0
 
 
@@ -263,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--format", choices=["text", "json", "vtt"], default="text")
     tr.set_defaults(func=cmd_transcript)
 
+    rt = sub.add_parser("retranscribe", help="re-transcribe recorded calls with the second-pass model (revision 1)",
+                        description="telephony retranscribe CALL_ID | --since ISO")
+    rt.add_argument("call_id", nargs="?", metavar="CALL_ID")
+    rt.add_argument("--since", help="every ended call with a recording started at or after this time (ISO 8601)")
+    rt.add_argument("--model", help="Whisper model (default: [second_pass] model)")
+    rt.add_argument("--redo", action="store_true", help="decode legs again that already have a second-pass revision")
+    rt.set_defaults(func=cmd_retranscribe)
+
     st = sub.add_parser("status", help="what the running service is doing (reads its /health and /metrics)")
     st.add_argument("--url", help="the service's HTTP address (default: from service.http_host/http_port)")
     st.add_argument("--json", action="store_true")
@@ -322,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if isinstance(exc, _user_errors()):
             print(f"telephony: error: {exc}", file=sys.stderr)
-            return EXIT_INPUT if type(exc).__name__ in ("IngestError", "CodecError", "InvalidQuery", "CallNotFound") else EXIT_FAILURE
+            return EXIT_INPUT if type(exc).__name__ in ("IngestError", "CodecError", "InvalidQuery", "CallNotFound",
+                                                         "NoRecording") else EXIT_FAILURE
         if args.debug:
             raise
         print(f"telephony: error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)

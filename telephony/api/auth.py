@@ -37,7 +37,8 @@ def presented_token(request: web.Request) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if request.path.endswith("/captions"):  # only where a browser has no other way (URLs end up in logs)
+    # Only where a browser has no other way (URLs end up in logs): caption sockets, <audio src>.
+    if request.path.endswith(("/captions", "/recording")):
         return request.query.get("access_token") or None
     return None
 

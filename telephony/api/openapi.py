@@ -79,13 +79,21 @@ SCHEMAS = {
             "packets_foreign": {"type": ["integer", "null"],
                                 "description": "datagrams from a source signalling did not announce (or failing SRTP): dropped"},
             "jitter_ms": {"type": ["number", "null"]}, "stats": {"type": ["object", "null"]},
-            "meta": {"type": "object"}}},
+            "meta": {"type": "object"},
+            "recording": {"anyOf": [{"type": "null"}, {
+                "type": "object", "description": "the leg's audio ([recordings] enabled); null: none, or deleted",
+                "required": ["url", "format", "duration_ms"],
+                "properties": {"url": {"type": "string"}, "format": {"enum": ["flac", "opus"]},
+                               "sample_rate": {"type": "integer"}, "duration_ms": {"type": "integer"},
+                               "bytes": {"type": "integer"}, "sha256": {"type": "string"}}}]}}},
     "Utterance": {
         "type": "object", "required": ["id", "leg_id", "speaker", "start_ms", "end_ms", "text"],
         "properties": {"line": {"type": "integer"}, "id": _UUID, "leg_id": _UUID, "speaker": {"type": "string"},
                        "start_ms": {"type": "integer"}, "end_ms": {"type": "integer"},
                        "start_time": {"type": "string"}, "spoken_at": {"type": "string"},
-                       "text": {"type": "string"}, "confidence": {"type": ["number", "null"]}}},
+                       "text": {"type": "string"}, "confidence": {"type": ["number", "null"]},
+                       "revision": {"type": "integer", "description": "0: the live final; 1: the post-call second "
+                                                                      "pass (the best revision of each leg is shown)"}}},
     "Caption": {
         "type": "object", "required": ["type"],
         "properties": {"type": {"enum": ["hello", "partial", "final", "call_start", "call_end"]},
@@ -226,6 +234,19 @@ PATHS = {
             "text/plain": {"schema": {"type": "string"}}, "text/vtt": {"schema": {"type": "string"}}}},
             "400": _err("bad call id or format"), "404": _err("no such call"), "503": _err("database unavailable"),
             **_AUTH_ERRORS}}},
+    "/api/calls/{call_id}/legs/{leg_id}/recording": {"get": {
+        "summary": "The leg's audio as recorded (FLAC or Ogg/Opus), at the leg's own rate, aligned to its transcript",
+        "description": "Byte ranges (Range: bytes=...) answer 206 Partial Content. Offset 0 of the audio is the "
+                       "leg's `started_ms` in the call: an utterance starts at `start_ms - started_ms` in the file.",
+        "parameters": [_CALL_ID, {"name": "leg_id", "in": "path", "required": True, "schema": _UUID}],
+        "responses": {"200": {"description": "the file", "content": {"audio/flac": {"schema": {"type": "string", "format": "binary"}},
+                                                                     "audio/ogg": {"schema": {"type": "string", "format": "binary"}}}},
+                      "206": {"description": "the requested byte range",
+                              "content": {"audio/flac": {"schema": {"type": "string", "format": "binary"}},
+                                          "audio/ogg": {"schema": {"type": "string", "format": "binary"}}}},
+                      "400": _err("not a UUID"), "404": _err("no recording of this leg (or not on this instance)"),
+                      "410": _err("deleted by retention"), "416": {"description": "range not satisfiable"},
+                      "503": _err("database unavailable"), **_AUTH_ERRORS}}},
     "/api/webhooks/dead": {"get": {
         "summary": "Webhook events given up on (dead letters), newest first",
         "parameters": [{"name": "limit", "in": "query",

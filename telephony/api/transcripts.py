@@ -4,6 +4,7 @@
     GET /api/calls/live                  calls in progress in this process
     GET /api/calls/{call_id}             one call with its legs (jitter counters) and utterances
     GET /api/calls/{call_id}/transcript  ?format=json|text|vtt (or by Accept)
+    GET /api/calls/{call_id}/legs/{leg_id}/recording   the leg's audio (api/recordings.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..formats import MEDIA_TYPES, render
 from ..store.queries import MAX_LIMIT, CallNotFound, InvalidQuery, get_call, list_calls, transcript
+from . import recordings
 from .errors import json_error, json_response
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ def add_routes(app: web.Application, manager) -> None:
     app.router.add_get("/api/calls/live", h.live)
     app.router.add_get("/api/calls/{call_id}", h.get)
     app.router.add_get("/api/calls/{call_id}/transcript", h.transcript)
+    recordings.add_routes(app, ENGINE, h._query)
 
 
 def _upper(value: str | None) -> str | None:

@@ -56,6 +56,7 @@ class DecodeScheduler:
         self._credit = 1.0  # seconds of partial decoding available now (the bucket holds at most 1 s)
         self._credit_at = time.monotonic()
         self._finals: list[Job] = []
+        self.finals_running = 0  # finals being decoded now (the second pass waits for none running or waiting)
         self._partial: Job | None = None
         self._partial_busy = False
         self._cv = threading.Condition()
@@ -129,7 +130,12 @@ class DecodeScheduler:
                 if self._degraded and len(self._finals) <= self._max_queue // 2:
                     self._degraded = False
                 degraded = self._degraded
-            self._run(job, degraded)
+                self.finals_running += 1
+            try:
+                self._run(job, degraded)
+            finally:
+                with self._cv:
+                    self.finals_running -= 1
 
     def _partial_worker(self) -> None:
         try:  # drafts only get the CPU that finals and the media loop leave

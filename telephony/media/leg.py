@@ -67,6 +67,7 @@ class MediaLeg:
         self.frames = 0  # ticks so far: the leg's duration is frames × 20 ms
         self.other_payload = 0  # packets of another payload type (DTMF events, comfort noise): not audio
         self.foreign = 0  # datagrams from a source signalling did not announce (dropped by the endpoint)
+        self.tap = None  # called with each block of int16 PCM at the leg's own rate (recordings); must not block
 
     # -- receive side ---------------------------------------------------------------
     def push(self, packet: RtpPacket, arrival: float) -> None:
@@ -126,6 +127,8 @@ class MediaLeg:
         silent = self._silent_in_block >= n and not last
         pcm = b"".join(self._pcm)
         self._pcm.clear()
+        if self.tap is not None:
+            self.tap(pcm)
         self._silent_in_block = 0
         if silent:
             # A block the jitter buffer filled with silence (no packets: a leg on hold, a peer

@@ -39,6 +39,7 @@ class StreamMedia:
         self.samples = 0  # the leg's timeline, in samples at ``rate``
         self.stats = StreamStats()
         self._resampler = Resampler(rate, self.out_rate)
+        self.tap = None  # called with each block of float32 audio at ``rate`` (recordings); must not block
 
     @property
     def duration_ms(self) -> int:
@@ -69,6 +70,8 @@ class StreamMedia:
         if not len(audio):
             return None
         self.samples += len(audio)
+        if self.tap is not None:
+            self.tap(audio)
         return AudioFrame(self._resampler.process(audio), self.out_rate)
 
     def drain(self) -> AudioFrame:

@@ -1,6 +1,6 @@
 // One call: its speakers (with the jitter counters) and its transcript from PostgreSQL; live captions while it runs.
 
-import { api, captionSocket, clock, el, when } from "./common.js";
+import { api, captionSocket, clock, el, token, when } from "./common.js";
 import { CaptionView } from "./captions.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -16,11 +16,36 @@ async function load() {
     el("td", {}, l.speaker), el("td", {}, l.role || ""), el("td", {}, l.codec || ""),
     el("td", {}, l.duration_ms != null ? clock(l.duration_ms) : "live"),
     el("td", {}, l.packets_received ?? ""), el("td", {}, l.packets_lost ?? ""),
-    el("td", {}, l.jitter_ms != null ? `${l.jitter_ms.toFixed(1)} ms` : ""))));
-  $("#transcript tbody").replaceChildren(...call.utterances.map((u) => el("tr", { "data-speaker": u.speaker },
-    el("td", { class: "muted" }, u.start_time), el("td", {}, u.speaker), el("td", {}, u.text))));
+    el("td", {}, l.jitter_ms != null ? `${l.jitter_ms.toFixed(1)} ms` : ""),
+    el("td", {}, l.recording ? player(l) : ""))));
+  const legs = Object.fromEntries(call.legs.map((l) => [l.id, l]));
+  $("#seek-hint").hidden = !call.legs.some((l) => l.recording);
+  $("#transcript tbody").replaceChildren(...call.utterances.map((u) => {
+    const row = el("tr", { "data-speaker": u.speaker },
+      el("td", { class: "muted" }, u.start_time), el("td", {}, u.speaker), el("td", {}, u.text));
+    const leg = legs[u.leg_id];
+    if (leg && leg.recording) {
+      // The recording starts at the leg's start in the call: seek to the utterance within it.
+      row.style.cursor = "pointer";
+      row.addEventListener("click", () => seek(leg.id, (u.start_ms - leg.started_ms) / 1000));
+    }
+    return row;
+  }));
   $("#status").textContent = call.utterances.length ? "" : "No utterances stored yet.";
   return call;
+}
+
+function player(leg) {
+  const url = new URL(leg.recording.url, location.href);
+  if (token()) url.searchParams.set("access_token", token()); // <audio> cannot send a header
+  return el("audio", { controls: "", preload: "metadata", src: url.href, "data-leg": leg.id });
+}
+
+function seek(legId, seconds) {
+  document.querySelectorAll("audio[data-leg]").forEach((a) => { if (a.dataset.leg !== legId) a.pause(); });
+  const audio = document.querySelector(`audio[data-leg="${legId}"]`);
+  audio.currentTime = Math.max(0, seconds);
+  audio.play();
 }
 
 function live() {

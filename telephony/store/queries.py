@@ -71,7 +71,8 @@ async def list_calls(
 
     ``since`` is inclusive, ``until`` exclusive (call start times). ``phrase`` is
     web-search syntax (``"exact words" -not or``) matched through the full-text
-    index; matching calls carry ``matches``, the number of matching utterances.
+    index; matching calls carry ``matches``, the number of matching utterances (in any revision,
+    each counted once).
     """
     since_ = _moment("since", since)
     until_ = _moment("until", until)
@@ -93,7 +94,7 @@ async def list_calls(
     if phrase is not None and phrase.strip():
         # The expression must match the index's, to_tsvector('english', text), to use it.
         matches = (
-            ", (SELECT count(*) FROM utterances m WHERE m.call_id = c.id"
+            ", (SELECT count(DISTINCT (m.leg_id, m.seq)) FROM utterances m WHERE m.call_id = c.id"
             " AND to_tsvector('english', m.text) @@ websearch_to_tsquery('english', :phrase)) AS matches"
         )
         where.append(
@@ -104,7 +105,7 @@ async def list_calls(
     sql = (
         f"SELECT {CALL_COLUMNS},"
         " (SELECT count(*) FROM legs l WHERE l.call_id = c.id) AS legs,"
-        " (SELECT count(*) FROM utterances u WHERE u.call_id = c.id) AS utterances"
+        " (SELECT count(*) FROM utterances u WHERE u.call_id = c.id AND u.revision = 0) AS utterances"
         f"{matches} FROM calls c"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY c.started_at DESC, c.id LIMIT :limit"
@@ -131,10 +132,22 @@ async def get_call(engine: AsyncEngine, call_id: str | uuid.UUID) -> dict[str, A
             {"id": cid},
         )).all()
         utterances = await _transcript_rows(conn, cid)
+        recordings = {r.leg_id: r for r in (await conn.execute(
+            text("SELECT DISTINCT ON (leg_id) leg_id, format, sample_rate, duration_ms, bytes, sha256"
+                 " FROM recordings WHERE call_id = :id AND deleted_at IS NULL ORDER BY leg_id, created_at DESC"),
+            {"id": cid})).all()}
     call = _call_dict(row)
-    call["legs"] = [{**dict(r._mapping), "id": str(r.id)} for r in legs]
+    call["legs"] = [{**dict(r._mapping), "id": str(r.id), "recording": _recording(cid, recordings.get(r.id))}
+                    for r in legs]
     call["utterances"] = utterances
     return call
+
+
+def _recording(call_id: uuid.UUID, row) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {"url": f"/api/calls/{call_id}/legs/{row.leg_id}/recording", "format": row.format,
+            "sample_rate": row.sample_rate, "duration_ms": row.duration_ms, "bytes": row.bytes, "sha256": row.sha256}
 
 
 async def transcript(engine: AsyncEngine, call_id: str | uuid.UUID) -> list[dict[str, Any]]:
@@ -153,7 +166,7 @@ async def _transcript_rows(conn, cid: uuid.UUID) -> list[dict[str, Any]]:
     rows = (await conn.execute(
         text(
             "SELECT line, utterance_id AS id, leg_id, speaker, start_ms, end_ms, start_time, spoken_at,"
-            " text, confidence FROM call_transcripts WHERE call_id = :id ORDER BY line"
+            " text, confidence, revision FROM call_transcripts WHERE call_id = :id ORDER BY line"
         ),
         {"id": cid},
     )).all()

@@ -40,6 +40,7 @@ from telephony.records import (
     LegEvent,
     LegRecord,
     Record,
+    RecordingRecord,
     UtteranceRecord,
     to_json,
 )
@@ -106,10 +107,16 @@ SQL = {
     ),
     UtteranceRecord: text(
         "INSERT INTO utterances (id, call_id, leg_id, speaker, seq, start_ms, end_ms, text, confidence,"
-        " engine, request_id, latency_ms)"
+        " engine, request_id, latency_ms, revision)"
         " VALUES (:id, :call_id, :leg_id, :speaker, :seq, :start_ms, :end_ms, :text, :confidence,"
-        " :engine, :request_id, :latency_ms)"
+        " :engine, :request_id, :latency_ms, :revision)"
         " ON CONFLICT DO NOTHING"
+    ),
+    RecordingRecord: text(
+        "INSERT INTO recordings (id, call_id, leg_id, path, format, codec, sample_rate, duration_ms, bytes, sha256,"
+        " dropped_frames)"
+        " VALUES (:id, :call_id, :leg_id, :path, :format, :codec, :sample_rate, :duration_ms, :bytes, :sha256,"
+        " :dropped_frames) ON CONFLICT DO NOTHING"
     ),
     LegEvent: text(
         "INSERT INTO events (id, call_id, leg_id, kind, at_ms, duration_ms, value)"
@@ -163,7 +170,7 @@ def _number(value: Any, kind: type) -> int | float | None:
 
 def params(record: Record) -> dict[str, Any]:
     """The bind parameters of a record's statement."""
-    if isinstance(record, (CallRecord, LegRecord, UtteranceRecord, LegEvent, InstanceRecovered)):
+    if isinstance(record, (CallRecord, LegRecord, UtteranceRecord, LegEvent, InstanceRecovered, RecordingRecord)):
         out = {k: _clean(v) for k, v in to_json(record)["data"].items()}
         if isinstance(record, CallRecord):
             out["started_at"] = record.started_at

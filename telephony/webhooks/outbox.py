@@ -39,8 +39,8 @@ _INSERT = text(
 def _event_type(record: Record) -> str | None:
     if isinstance(record, CallRecord):
         return "call.started"
-    if isinstance(record, UtteranceRecord):
-        return "utterance.final"
+    if isinstance(record, UtteranceRecord):  # live finals only: a second-pass revision is no new final
+        return "utterance.final" if record.revision == 0 else None
     if isinstance(record, CallEnd):
         return "call.ended"
     return None
