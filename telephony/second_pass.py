@@ -126,20 +126,38 @@ def _lowest_priority() -> None:
         log.debug("could not lower the second pass's priority")
 
 
+def redact_leg(records: list[UtteranceRecord], settings: Settings) -> list[UtteranceRecord]:
+    """One leg's second-pass texts through ``[redaction]``, as its live finals went: in order, with
+    the leg's redactor, so a card number cut across utterances is caught here too."""
+    from .asr.base import Final
+    from .redaction import Redactor
+
+    redactor = Redactor.from_settings(settings.redaction)
+    if redactor is None:
+        return records
+    leg = redactor.leg()
+    texts: dict[str, str] = {}
+    for r in records:  # request_id carries the record's id through the redactor's (held) finals
+        done = leg.final(Final(r.text, r.start_ms, r.end_ms, request_id=r.id))
+        texts.update((f.request_id, f.text) for f in done)
+    texts.update((f.request_id, f.text) for f in leg.flush())
+    for r in records:
+        r.text = texts[r.id]
+    return records
+
+
 class SecondPass:
     """In the service: calls queue here as they end; one idle-priority thread re-transcribes them.
 
     ``live_backlog()``: live finals waiting for or in a decoder (the pass waits while any are).
-    ``redact(text) -> text``: applied to every text before it is stored, as for live finals.
+    Texts go through ``[redaction]`` (``redact_leg``) before they are stored, as live finals do.
     """
 
-    def __init__(self, settings: Settings, db: AsyncEngine, writer, *, live_backlog: Callable[[], int] = lambda: 0,
-                 redact: Callable[[str], str] | None = None):
+    def __init__(self, settings: Settings, db: AsyncEngine, writer, *, live_backlog: Callable[[], int] = lambda: 0):
         self.settings = settings
         self.db = db
         self.writer = writer
         self.live_backlog = live_backlog
-        self.redact = redact
         self.stats = {"calls": 0, "legs": 0, "utterances": 0, "queued": 0, "failed": 0, "busy_s": 0.0, "waited_s": 0.0}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="second-pass", initializer=_lowest_priority)
@@ -177,10 +195,8 @@ class SecondPass:
         loop = asyncio.get_running_loop()
         for work in await plan(self.db, call_id):
             t0 = time.monotonic()
-            records = await loop.run_in_executor(self._executor, self._leg, work)
+            records = redact_leg(await loop.run_in_executor(self._executor, self._leg, work), self.settings)
             for r in records:
-                if self.redact is not None:
-                    r.text = self.redact(r.text)
                 self.writer.enqueue(r)
             self.stats["legs"] += 1
             self.stats["utterances"] += len(records)
@@ -238,8 +254,8 @@ async def retranscribe(settings: Settings, call_ids: list[str], *, model: str | 
                         async with db.begin() as conn:  # the new revision replaces the old one
                             await conn.execute(text("DELETE FROM utterances WHERE leg_id = :l AND revision = :r"),
                                                {"l": uuid.UUID(work.leg_id), "r": REVISION})
-                    records = await asyncio.to_thread(transcribe_leg, decoder, work, settings.second_pass.pad_ms,
-                                                      engine_name=name)
+                    records = redact_leg(await asyncio.to_thread(transcribe_leg, decoder, work,
+                                                                 settings.second_pass.pad_ms, engine_name=name), settings)
                     for r in records:
                         rt.writer.enqueue(r)
                     n += len(records)

@@ -381,3 +381,25 @@ async def test_file_transcription_is_redacted_too(tmp_path):
     texts = [u.text for u in sink.of(UtteranceRecord)]
     assert texts == [u.text for leg in result.legs for u in leg.utterances]
     assert any("[card]" in t for t in texts) and not _leaks("\n".join(texts)), texts
+
+
+def test_second_pass_texts_are_redacted_like_live_finals():
+    """A second-pass revision never stores what live redaction hid, also across its utterances."""
+    from telephony.config import Settings
+    from telephony.records import UtteranceRecord, new_id
+    from telephony.second_pass import redact_leg
+
+    def rec(seq, start, end, text):
+        return UtteranceRecord(id=new_id(), call_id="c", leg_id="l", speaker="s", seq=seq, start_ms=start,
+                               end_ms=end, text=text, confidence=None)
+
+    records = [rec(0, 0, 2000, "my card number is 4539 1488"), rec(1, 2400, 4000, "0343 6467 thanks"),
+               rec(2, 5000, 6000, "call me at 555 0100")]
+    settings = Settings()
+    assert [r.text for r in redact_leg([rec(0, 0, 1, "4539 1488 0343 6467")], settings)] == ["4539 1488 0343 6467"]
+    settings.redaction.enabled = True
+    texts = [r.text for r in redact_leg(records, settings)]
+    joined = " ".join(texts)
+    assert "1488" not in joined and "0343" not in joined and "6467" not in joined, texts
+    assert "[card]" in texts[1] and texts[2] == "call me at 555 0100", texts
+    assert [r.seq for r in records] == [0, 1, 2]
