@@ -310,9 +310,12 @@ def fold_constants(model, path: Path) -> None:
 
 
 class _NoPreprocessingAdvice(logging.Filter):
-    """quantize_dynamic advises (on the root logger) to pre-process first: constant folding is that."""
+    """quantize_dynamic logs on the root logger: a line per tensor at INFO (hundreds on a first
+    start), and the advice to pre-process first (constant folding is that). Both are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
         return "pre-processing before quantization" not in record.getMessage()
 
 
