@@ -101,9 +101,11 @@ def test_cpu_by_stage_from_thread_times():
 
     t = threading.Thread(target=spin, name="vad")
     before = stages.thread_cpu(os.getpid())  # the thread is not there yet: it counts whole
+    t0 = time.monotonic()
     t.start()
     time.sleep(0.4)
     after = stages.thread_cpu(os.getpid())  # sampled while it runs (a finished thread is gone)
+    elapsed = time.monotonic() - t0  # a busy machine may wake this thread late
     done.set()
     t.join()
     # only this test's threads: other tests may leave threads of their own running in this process
@@ -111,9 +113,9 @@ def test_cpu_by_stage_from_thread_times():
     mine = {k: v for k, v in stages.delta(before, after).items() if k in (t.native_id, main_id)}
     assert t.native_id in mine
     names = {main_id: "MainThread", t.native_id: t.name}
-    rows = stages.by_stage(mine, names, 0.4, postgres=0.04, driver=0.0)
+    rows = stages.by_stage(mine, names, elapsed, postgres=0.04, driver=0.0)
     vad = next(r for r in rows if r["stage"] == stages.VAD)
-    assert 0.3 <= vad["cores"] <= 1.2, rows  # the thread spun ~0.4 s of 0.4 s (a busy machine takes some)
+    assert 0.3 <= vad["cores"] <= 1.05, rows  # the thread spun for most of the time (a busy machine takes some)
     assert rows[0] is vad and abs(sum(r["share"] for r in rows) - 1) < 0.01
     assert stages.stage_of(None) == stages.NATIVE and stages.stage_of("asr-final-1") == stages.FINALS
     assert stages.stage_of("naive-decode_0") == stages.FINALS and stages.stage_of("MainThread") == stages.EVENT_LOOP
