@@ -23,7 +23,7 @@ from .speech import prompt_8k, prompt_text, silence, write_wav
 
 CHROMIUM = "/usr/bin/chromium"
 AGENT_PROMPT, CALLER_PROMPT = "privacy-unident", "pls-hold-while-try"
-MAX_WER = 0.15  # the same bound as for prompts sent by our own aiortc peer
+MAX_WER = 0.25  # one sentence per speaker: allows two or three misheard words; a swapped speaker scores ~1
 
 pytestmark = pytest.mark.slow
 if not Path(CHROMIUM).exists():  # scripts/test.sh installs it: a missing browser is a failure, not a skip

@@ -56,8 +56,12 @@ async def test_an_ended_call_is_retranscribed_from_its_recording_as_revision_1(f
         leg = call.add_leg(speaker="Alice")
         await play(leg, impair(packets(speech)))
         await call.end()
-        # The pass runs once the call's records are stored, on its own idle-priority thread.
-        await asyncio.wait_for(svc.second_pass.idle.wait(), 60)
+        # The pass runs once the call's records are stored, on its own idle-priority thread
+        # (the call reaches its queue a little after end() returns: wait for the call itself).
+        deadline = time.monotonic() + 60
+        while svc.second_pass.stats["calls"] < 1 and svc.second_pass.stats["failed"] == 0:
+            assert time.monotonic() < deadline, svc.second_pass.stats
+            await asyncio.sleep(0.1)
         await svc.manager.flushed()
         assert await svc.writer.flush(timeout=30)
         assert svc.second_pass.stats["legs"] == 1 and svc.second_pass.stats["failed"] == 0
