@@ -11,6 +11,7 @@ Offsets are ms within the call.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
@@ -44,6 +45,18 @@ class SessionInfo:
     speaker: str | None = None
     codec: str | None = None  # negotiated codec of the leg (PCMU, PCMA, G722, opus, L16)
     rate: int | None = None  # the leg's own audio rate
+
+
+END = object()  # the last item a session puts on its event queue
+
+
+async def drain(events: asyncio.Queue) -> AsyncIterator[Partial | Final]:
+    """A session's ``events()``: what its queue holds, in order, until ``END``."""
+    while True:
+        ev = await events.get()
+        if ev is END:
+            return
+        yield ev
 
 
 class AsrSession(Protocol):

@@ -64,7 +64,7 @@ from typing import AsyncIterator, Protocol
 import numpy as np
 
 from ..media.audio import AudioFrame
-from .base import Final, Partial, SessionInfo
+from .base import END, Final, Partial, SessionInfo, drain
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -73,7 +73,6 @@ with warnings.catch_warnings():
 log = logging.getLogger(__name__)
 
 AUTH_RETRY_S = 60.0  # after a 401/403, an engine tries again no sooner than this
-_END = object()
 
 
 class ServiceError(Exception):
@@ -369,12 +368,8 @@ class StreamingSession:
             self._format_known.set()
         await asyncio.shield(self._task)
 
-    async def events(self) -> AsyncIterator[Partial | Final]:
-        while True:
-            ev = await self._events.get()
-            if ev is _END:
-                return
-            yield ev
+    def events(self) -> AsyncIterator[Partial | Final]:
+        return drain(self._events)
 
     # -- buffer ----------------------------------------------------------------
     def _trim(self) -> None:
@@ -429,7 +424,7 @@ class StreamingSession:
             self.error = self.error or "internal error"
         finally:
             self._flush()
-            self._events.put_nowait(_END)
+            self._events.put_nowait(END)
 
     async def _connect(self) -> Connection | None:
         engine, asr = self.engine, self.engine.asr

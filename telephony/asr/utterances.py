@@ -24,14 +24,13 @@ import numpy as np
 
 from ..config import AsrSettings, VadSettings
 from ..media.audio import AudioFrame
-from .base import Final, Partial, SessionInfo
+from .base import END, Final, Partial, SessionInfo, drain
 from .scheduler import FINAL, PARTIAL, DecodeScheduler
 from .segmenter import Endpointer, Utterance
 from .vad import RATE, SharedVad
 
 log = logging.getLogger(__name__)
 
-_END = object()
 SPEECH_PRIOR = 0.6  # share of a leg's time that is speech, until measured
 SPEECH_FLOOR = 0.3  # the estimate never goes below this (a quiet morning must not admit a flood)
 
@@ -148,12 +147,8 @@ class UtteranceSession:
         while self._deliver_seq < self._next_seq:
             await asyncio.sleep(0.02)
 
-    async def events(self) -> AsyncIterator[Partial | Final]:
-        while True:
-            ev = await self._events.get()
-            if ev is _END:
-                return
-            yield ev
+    def events(self) -> AsyncIterator[Partial | Final]:
+        return drain(self._events)
 
     # -- decoding ----------------------------------------------------------
     def _ms(self, sample: int) -> int:
@@ -194,7 +189,7 @@ class UtteranceSession:
         # Done once every utterance is cut (not merely once those cut so far are decoded).
         if self._cut_all and self._deliver_seq == self._next_seq and not self._finished.is_set():
             self._finished.set()
-            self._events.put_nowait(_END)
+            self._events.put_nowait(END)
 
     def _maybe_partial(self, now: float) -> None:
         if self._partial_inflight or now - self._last_partial < self._partial_interval:

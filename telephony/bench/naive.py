@@ -25,7 +25,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from ..asr.base import Final, Partial, SessionInfo
+from ..asr.base import END, Final, Partial, SessionInfo, drain
 from ..media.audio import AudioFrame
 
 RATE = 16000
@@ -39,7 +39,6 @@ MAX_UTTERANCE_S = 30.0  # Whisper's window
 BEAM = 5
 THREADS = 2
 
-_END = object()
 log = logging.getLogger(__name__)
 
 
@@ -165,7 +164,7 @@ class NaiveSession:
                 self._events.put_nowait(Final(text, start_ms, end_ms, conf, audio_end, engine=NaiveEngine.name))
         if self._finished and not self._pending and not self._ended:
             self._ended = True
-            self._events.put_nowait(_END)
+            self._events.put_nowait(END)
 
     async def finish(self) -> None:
         if not self._finished:
@@ -175,9 +174,5 @@ class NaiveSession:
             self._deliver()
         await asyncio.gather(*(fut for fut, *_ in list(self._pending)), return_exceptions=True)
 
-    async def events(self) -> AsyncIterator[Partial | Final]:
-        while True:
-            ev = await self._events.get()
-            if ev is _END:
-                return
-            yield ev
+    def events(self) -> AsyncIterator[Partial | Final]:
+        return drain(self._events)
