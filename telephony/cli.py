@@ -169,25 +169,11 @@ async def cmd_db(args, settings) -> int:
 
 
 async def cmd_bench(args, settings) -> int:
-    if args.target == "sip":
-        from .bench.sip import main as sip_bench
+    if args.target != "core":  # each endpoint load has its own module and options (bench/<target>.py main)
+        import importlib
 
-        await asyncio.to_thread(sip_bench, args.extra)
-        return 0
-    if args.target == "webrtc":
-        from .bench.webrtc import main as webrtc_bench
-
-        await asyncio.to_thread(webrtc_bench, args.extra)
-        return 0
-    if args.target == "forks":
-        from .bench.forks import main as forks_bench
-
-        await asyncio.to_thread(forks_bench, args.extra)
-        return 0
-    if args.target == "streaming":
-        from .bench.streaming import main as streaming_bench
-
-        await asyncio.to_thread(streaming_bench, args.extra)
+        bench = importlib.import_module(f".bench.{args.target}", __package__)
+        await asyncio.to_thread(bench.main, args.extra)
         return 0
     if args.extra:
         raise CliError(f"unrecognized arguments: {' '.join(args.extra)}", EXIT_USAGE)
