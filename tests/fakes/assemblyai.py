@@ -47,25 +47,20 @@ class FakeAssemblyAI:
         self.auth_used: list[str] = []  # "header" | "token" per accepted connection
         self.errors: list[int] = []  # error codes sent
         self._thread = ServerThread()
-        self.port = self._thread.run(self._start())
+        self.port = self._thread.serve(self._app())
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v3/ws"
 
-    async def _start(self) -> int:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v3/ws", self._ws)
         app.router.add_get("/v3/token", self._token)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return site._server.sockets[0].getsockname()[1]
+        return app
 
     def close(self) -> None:
-        self._thread.run(self._runner.cleanup())
-        self._thread.stop()
+        self._thread.close()
 
     async def _token(self, request: web.Request):
         if request.headers.get("Authorization") != self.api_key:

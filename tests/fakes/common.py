@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from aiohttp import web
 
 from telephony.media.audio import AudioFrame
 from telephony.media.resample import Resampler
@@ -162,6 +163,23 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+    def serve(self, app) -> int:
+        """Serve an aiohttp ``app`` on 127.0.0.1 from this thread's loop; returns its port."""
+
+        async def start() -> int:
+            self._runner = web.AppRunner(app)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            return site._server.sockets[0].getsockname()[1]
+
+        return self.run(start())
+
+    def close(self) -> None:
+        """Stop what ``serve`` started, then the thread."""
+        self.run(self._runner.cleanup())
+        self.stop()
 
 
 def words_over(text: str, start: float, end: float) -> list[tuple[str, float, float]]:

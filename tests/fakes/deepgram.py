@@ -41,24 +41,19 @@ class FakeDeepgram:
         self.handshakes: list[tuple[float, int]] = []  # (time, HTTP status answered)
         self.request_ids: list[str] = []
         self._thread = ServerThread()
-        self.port = self._thread.run(self._start())
+        self.port = self._thread.serve(self._app())
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/listen"
 
-    async def _start(self) -> int:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/listen", self._listen)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return site._server.sockets[0].getsockname()[1]
+        return app
 
     def close(self) -> None:
-        self._thread.run(self._runner.cleanup())
-        self._thread.stop()
+        self._thread.close()
 
     def _refuse(self, status: int, err: str, code: str) -> web.Response:
         self.handshakes.append((time.monotonic(), status))
