@@ -18,17 +18,13 @@ import threading
 import time
 from pathlib import Path
 
+from .ports import free_port  # noqa: F401 (peers.free_port: used by tests too)
+
 SOUNDS = Path("/usr/share/asterisk/sounds/en")
 
 
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None
-
-
-def free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .ports import free_port
 from .speech import prompt_8k, silence, write_wav
 from .testdata import vector
 
@@ -79,12 +79,6 @@ def test_bad_inputs_get_one_line_errors(env, tmp_path):
     assert_clean_error(run(["transcribe", str(hifi)], bad_env), "asr.beam_size")
     down = dict(env, DATABASE_URL="postgresql://nobody@127.0.0.1:1/nothing")
     assert_clean_error(run(["calls"], down), "127.0.0.1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

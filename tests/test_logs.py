@@ -15,7 +15,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from telephony import logs
 
 from .test_webhooks_e2e import Serve
-from .webhooks_receiver import free_port
+from .ports import free_port
 
 MALFORMED = [
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",

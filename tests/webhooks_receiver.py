@@ -8,7 +8,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +17,8 @@ from aiohttp import web
 
 from telephony.records import CallEnd, CallRecord, LegEnd, LegRecord, UtteranceRecord, new_id, utcnow
 from telephony.store.database import asyncpg_dsn
+
+from .ports import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"telephony-test-secret-of-32-bytes").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"the-previous-key-still-valid-24").decode()
@@ -48,12 +49,6 @@ def db(fresh_database_url):
     finally:
         conn.close()
     return fresh_database_url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
