@@ -35,6 +35,11 @@ from .transcript import FinalHook, LegTranscript
 
 log = logging.getLogger(__name__)
 
+# Muting a redacted utterance in the recording: a little audio either side of the VAD's cut (speech
+# can run past it), and how much more than the longest utterance plus redaction's hold the audio waits.
+MUTE_PAD_MS = 250
+MUTE_MARGIN_S = 10.0
+
 
 class RecordSink(Protocol):
     def enqueue(self, record: Record) -> asyncio.Future:
@@ -125,8 +130,14 @@ class LiveLeg:
         self._tasks = []
         self.recording = None
         if manager.recorder is not None:  # the audio as it leaves the jitter buffer, at the leg's own rate
-            self.recording = manager.recorder.open(call.id, self.id, self.media.rate)
+            s = manager.settings
+            mute = manager.redactor is not None and s.recordings.mute_redacted
+            hold_s = s.vad.max_utterance_s + s.redaction.hold_s + MUTE_MARGIN_S if mute else 0.0
+            self.recording = manager.recorder.open(call.id, self.id, self.media.rate, hold_s)
             self.media.tap = self.recording.write
+            if mute:  # utterance times are the call's; the file starts with the leg
+                self.transcript.on_redacted = lambda a, b: self.recording.mute(
+                    a - record.started_ms - MUTE_PAD_MS, b - record.started_ms + MUTE_PAD_MS)
         if self._asr_on:
             from .asr import SessionInfo
 
@@ -235,6 +246,8 @@ class LiveLeg:
             stats["asr_error"] = error
         if self.recording is not None:
             stats["recording_frames_dropped"] = self.recording.dropped_frames
+            if self.recording.muted_ms:
+                stats["recording_muted_ms"] = self.recording.muted_ms
         manager._submit(LegEnd(self.id, self.media.duration_ms, stats))
         if self.recording is not None:
             await self._store_recording()

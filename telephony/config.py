@@ -277,6 +277,9 @@ class RecordingSettings:
     retention_days: float = 0.0  # audio older than this is deleted (file, and the row marked deleted); 0: kept
     retention_interval_s: float = 3600.0  # how often expired audio is looked for
     queue_frames: int = 3000  # 100 ms blocks waiting for the writer thread, all legs together; beyond: dropped
+    # With [redaction] on: an utterance whose final was redacted (a card number) is silenced in the recording.
+    # Audio then waits in memory (vad.max_utterance_s + redaction.hold_s + 10 s) before it is written.
+    mute_redacted: bool = True
 
 
 @dataclass

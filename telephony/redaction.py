@@ -176,6 +176,11 @@ class Redactor:
     def label(self, name: str) -> str:
         return self.replacement.format(name=name)
 
+    def redacted(self, text: str) -> bool:
+        """Whether ``text`` (as this redactor returned it) had something replaced."""
+        labels = ([self.label(CARD)] if self.cards else []) + [self.label(n) for n, _ in self.patterns]
+        return any(label in text for label in labels)
+
     def leg(self) -> "LegRedactor":
         return LegRedactor(self)
 

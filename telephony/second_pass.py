@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,6 +45,7 @@ REVISION = 1
 RATE = 16000
 LOWEST_PRIORITY = 19
 IDLE_POLL_S = 0.02
+SILENT = 1e-3  # RMS below -60 dBFS: nothing to decode
 
 
 class NoRecording(LookupError):
@@ -102,14 +104,17 @@ def load_decoder(settings: Settings, model: str | None = None):
 def transcribe_leg(decoder, work: LegWork, pad_ms: int, *, wait_idle: Callable[[], None] = lambda: None,
                    engine_name: str = "whisper") -> list[UtteranceRecord]:
     """Revision-1 records for one leg (blocking: run it in a thread). An utterance the bigger
-    model hears nothing in keeps its live text: nothing already transcribed is lost."""
+    model hears nothing in, or whose audio is silent, keeps its live text: nothing already
+    transcribed is lost."""
     audio = read_recording(work.path, rate=RATE).samples
     records = []
     for u in work.utterances:
         a = max(0, (u["start_ms"] - work.started_ms - pad_ms) * RATE // 1000)
         b = min(len(audio), (u["end_ms"] - work.started_ms + pad_ms) * RATE // 1000)
         text_, confidence = ("", None)
-        if b - a >= RATE // 10:
+        # Digital silence (muted by redaction, or all loss) keeps its live text: a decode would only
+        # hallucinate there.
+        if b - a >= RATE // 10 and float(np.sqrt(np.mean(np.square(audio[a:b])))) > SILENT:
             wait_idle()
             text_, confidence = decoder.decode(audio[a:b])
         if not text_:

@@ -30,6 +30,8 @@ class LegTranscript:
     ``on_final(record, final)`` (optional) sees each stored final with the engine's event,
     e.g. for latency measurements, which never travel through the journal.
     ``redactor`` (optional): text of finals and partials is redacted before anything else sees it.
+    ``on_redacted(start_ms, end_ms)`` (optional): told of each stored final whose text was redacted
+    (the leg's recording mutes that span).
     """
 
     def __init__(self, call_id: str, leg: LegRecord, submit: Callable[[Record], object],
@@ -42,7 +44,9 @@ class LegTranscript:
         self.on_final = on_final
         self.seq = 0  # finals stored so far: (leg_id, seq) is unique
         self.engines: set[str] = set()
+        self._redactor = redactor
         self._redact = redactor.leg() if redactor is not None else None
+        self.on_redacted: Callable[[int, int], None] | None = None
         self._hold_s = redactor.hold_s if redactor is not None else 0.0
         self._release: asyncio.TimerHandle | None = None
 
@@ -97,6 +101,8 @@ class LegTranscript:
                               confidence=ev.confidence, engine=ev.engine, request_id=ev.request_id,
                               latency_ms=latency_ms)
         self.seq += 1
+        if self.on_redacted is not None and self._redactor.redacted(ev.text):
+            self.on_redacted(ev.start_ms, ev.end_ms)  # before the record goes anywhere a crash could outlive
         if ev.engine:
             self.engines.add(ev.engine)
         self._submit(rec)

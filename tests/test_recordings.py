@@ -170,6 +170,41 @@ def test_a_stalled_disk_drops_and_counts_blocks_never_blocking_the_caller(tmp_pa
 
 
 @pytest.mark.parametrize("fmt", ["flac", "opus"])
+def test_redacted_spans_are_muted_in_memory_or_by_rewriting_when_late(tmp_path, fmt, caplog):
+    """Muting (redaction): a span asked for while its audio waits in memory is silenced before it is
+    written; one asked for after its audio was written is silenced by rewriting the file at the end."""
+    caplog.set_level("INFO", logger="telephony.recordings.writer")
+    rate = 16000
+    rec = Recorder(tmp_path, fmt, 3000)
+    leg = rec.open("call", "leg", rate, hold_s=2.0)
+    block = (np.sin(np.arange(rate // 10) * 0.3) * 8000).astype(np.float32) / 32768  # 100 ms, float like StreamMedia
+    for n in range(60):  # 6 s
+        leg.write(block)
+        if n == 29:  # 3 s written: 1.0-1.5 s still waits in memory
+            leg.mute(1000, 1500)
+            assert not caplog.records
+    leg.mute(4200, 4400)  # still in memory at 6 s
+    leg.write(block)
+    leg.mute(200, 400)  # long written: muted by the rewrite
+    leg.mute(1400, 1600)  # half in the first span
+    info = leg.close().result(timeout=30)
+    rec.close()
+    assert leg.muted_ms == 200 + 600 + 200
+    assert [r.getMessage() for r in caplog.records] == [f"recording {leg.path.name}: 2 late span(s) muted by rewriting it"]
+    audio = read_recording(leg.path, rate=rate).samples
+    assert info.samples == len(audio) == 61 * rate // 10 and not list(tmp_path.rglob("*.muting"))
+    silent = np.zeros(len(audio), bool)
+    for a, b in ((200, 400), (1000, 1600), (4200, 4400)):
+        silent[a * rate // 1000:b * rate // 1000] = True
+    edge, floor = (0, 0.0) if fmt == "flac" else (rate // 25, 0.01)  # Opus smears ~40 ms around a cut (< -40 dBFS)
+    for a, b in ((200, 400), (1000, 1600), (4200, 4400)):
+        assert np.abs(audio[a * rate // 1000 + edge:b * rate // 1000 - edge]).max() <= floor, (a, b)
+    loud = ~np.convolve(silent, np.ones(2 * edge + 1), "same").astype(bool) if edge else ~silent
+    frames = audio[loud][: len(audio[loud]) // 160 * 160].reshape(-1, 160)
+    assert np.abs(frames).max(axis=1).min() > 0.1  # every other 10 ms of the file kept its audio
+
+
+@pytest.mark.parametrize("fmt", ["flac", "opus"])
 def test_a_killed_writer_leaves_a_playable_file(tmp_path, fmt):
     """SIGKILL mid-call: what was written before stays decodable, losing at most the last second."""
     script = textwrap.dedent(f"""

@@ -25,6 +25,7 @@ from telephony.calls import CallManager
 from telephony.captions import CaptionBus
 from telephony.config import ConfigError, RedactionSettings, Settings, load_settings
 from telephony.records import CallRecord, LegRecord, new_id, utcnow
+from telephony.recordings.reader import read_recording
 from telephony.redaction import Redactor, luhn
 from telephony.runtime import Runtime
 from telephony.store.database import asyncpg_dsn
@@ -230,6 +231,7 @@ async def test_a_spoken_card_number_never_reaches_storage_captions_webhooks_or_l
     s.webhooks.secret = SECRET
     s.webhooks.events = ["*"]
     s.redaction.enabled = True
+    s.recordings.enabled = True  # and the card's utterance is muted in the audio (mute_redacted)
     s.validate()
     caplog.set_level(logging.DEBUG)
     notified: list[str] = []
@@ -298,6 +300,40 @@ async def test_a_spoken_card_number_never_reaches_storage_captions_webhooks_or_l
     assert json.loads(receiver.of_type("call.ended")[0].body)["data"]["transcript"]
     logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
     assert caplog.records and not _leaks(logged)
+
+    # The recording: the card's utterance is digital silence, muted before the audio reached the disk
+    # (no late rewrite); Bob's leg is untouched. The second pass keeps the muted utterance's live text.
+    legs = {r["speaker"]: r for r in await rows(db, "SELECT l.id, l.speaker, l.started_ms, l.stats, r.path FROM legs l"
+                                                    " JOIN recordings r ON r.leg_id = l.id WHERE l.call_id = :c", c=call.id)}
+    assert legs["Alice"]["stats"]["recording_muted_ms"] > 2000 and "recording_muted_ms" not in legs["Bob"]["stats"]
+    assert not any("late span" in r.getMessage() for r in caplog.records)
+    utts = await rows(db, "SELECT speaker, start_ms, end_ms, text FROM utterances WHERE call_id = :c", c=call.id)
+    for u in utts:
+        leg = legs[u["speaker"]]
+        audio = read_recording(leg["path"]).samples
+        span = audio[(u["start_ms"] - leg["started_ms"]) * 8:(u["end_ms"] - leg["started_ms"]) * 8]
+        assert len(span) > 4000
+        if "[card]" in u["text"]:
+            assert np.abs(span).max() == 0, u
+        else:
+            assert np.abs(span).max() > 0.05, u
+    alice = [u for u in utts if u["speaker"] == "Alice"]
+    assert any("[card]" in u["text"] for u in alice)
+    from telephony.second_pass import load_decoder, plan, redact_leg, transcribe_leg
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(db)
+    try:
+        work = {w.speaker: w for w in await plan(engine, call.id)}
+    finally:
+        await engine.dispose()
+    decoder = load_decoder(s, "tiny.en")
+    revised = {r.start_ms: r for r in redact_leg(transcribe_leg(decoder, work["Alice"], 0), s)}
+    for u in alice:
+        if "[card]" in u["text"]:  # kept, not decoded
+            assert revised[u["start_ms"]].text == u["text"] and revised[u["start_ms"]].confidence is None
+    bob = transcribe_leg(decoder, work["Bob"], 0)
+    assert bob and all(r.confidence is not None for r in bob) and "thank" in " ".join(r.text.lower() for r in bob)
 
 
 @pytest.mark.parametrize("redaction", [False, True])

@@ -13,6 +13,12 @@ buffering), so a killed process leaves at most the encoder's last frame (FLAC: 4
 0.6 s at 8 kHz) and the muxer's open page (Ogg: at most 1 s) unwritten. A FLAC file that was
 never closed has no total length in its header, which decoders accept (it reads to the end);
 Ogg pages are self-delimiting.
+
+Muting (``[recordings] mute_redacted``, with ``[redaction]`` on): the audio waits ``hold_s`` in
+memory before it is queued, so an utterance whose final text was redacted (a card number) can be
+muted before its audio reaches the disk. A span that comes later than that (a final delayed
+past ``hold_s``) is muted when the leg ends, by rewriting the file. A crash then loses the
+last ``hold_s`` of each leg's audio, never leaves a clear card number behind the text's back.
 """
 
 from __future__ import annotations
@@ -60,12 +66,22 @@ class RecordingInfo:
 class LegRecording:
     """One leg's file. ``write`` is called on the event loop and never blocks."""
 
-    def __init__(self, recorder: "Recorder", path: Path, rate: int, fmt: str):
+    def __init__(self, recorder: "Recorder", path: Path, rate: int, fmt: str, hold_s: float = 0.0):
         self.recorder = recorder
         self.path = path
         self.rate = rate
         self.format = fmt
         self.dropped_frames = 0  # blocks the queue had no room for (written as silence)
+        self.muted_ms = 0  # audio muted (spans asked for by ``mute``, merged)
+        # Muting: blocks held back (start sample, block) until ``hold`` samples newer ones came.
+        self._hold = int(hold_s * rate)
+        self._held: collections.deque = collections.deque()
+        self._held_samples = 0
+        self._pos = 0  # samples passed to write() so far: the leg's timeline
+        self._released = 0  # samples handed on to the writer (before: too late to mute in memory)
+        self._mutes: list[tuple[int, int]] = []  # [start, end) samples, not yet fully released
+        self._late: list[tuple[int, int]] = []  # spans already released: muted by rewriting at the end
+        self._asked: list[tuple[int, int]] = []  # every span asked for, merged (for muted_ms)
         self.closed: concurrent.futures.Future[RecordingInfo] = concurrent.futures.Future()
         self._gap = 0  # samples dropped since the last block that got in: silence before the next one
         self._ended = False
@@ -80,7 +96,44 @@ class LegRecording:
         """A block of the leg's audio: int16 PCM bytes, or a float32/int16 array, at ``rate``."""
         if self._ended:
             return
-        n = len(pcm) // 2 if isinstance(pcm, (bytes, bytearray, memoryview)) else len(pcm)
+        n = _length(pcm)
+        if not self._hold:
+            self._queue(pcm, n)
+            return
+        self._held.append((self._pos, pcm))
+        self._pos += n
+        self._held_samples += n
+        while self._held and self._held_samples - _length(self._held[0][1]) >= self._hold:
+            self._release()
+
+    def mute(self, start_ms: int, end_ms: int) -> None:
+        """Silence [start_ms, end_ms) of this recording (ms from its first sample)."""
+        a, b = max(0, start_ms * self.rate // 1000), max(0, end_ms * self.rate // 1000)
+        if b <= a:
+            return
+        if a < self._released:
+            self._late.append((a, min(b, self._released)))
+        if b > self._released:
+            self._mutes.append((max(a, self._released), b))
+        self._asked = _merge_spans(self._asked + [(a, b)])
+        self.muted_ms = _total(self._asked) * 1000 // self.rate
+
+    def _release(self) -> None:
+        start, pcm = self._held.popleft()
+        n = _length(pcm)
+        self._held_samples -= n
+        end = start + n
+        hits = [(max(a, start), min(b, end)) for a, b in self._mutes if a < end and b > start]
+        if hits:
+            x = _int16(pcm).copy()
+            for a, b in hits:
+                x[a - start:b - start] = 0
+            pcm = x
+        self._mutes = [(a, b) for a, b in self._mutes if b > end]
+        self._released = end
+        self._queue(pcm, n)
+
+    def _queue(self, pcm, n: int) -> None:
         if self.recorder._offer(self, pcm, self._gap):
             self._gap = 0
         else:
@@ -91,8 +144,10 @@ class LegRecording:
     def close(self) -> concurrent.futures.Future:
         """No more audio; the future gives the RecordingInfo once the file is complete."""
         if not self._ended:
+            while self._held:
+                self._release()
             self._ended = True
-            self.recorder._control(self, self._gap)
+            self.recorder._control(self, self._gap, _merge_spans(self._late))
         return self.closed
 
     # -- writer thread ---------------------------------------------------------------
@@ -117,12 +172,7 @@ class LegRecording:
         try:
             if self._container is None:
                 self._open()
-            if isinstance(pcm, (bytes, bytearray, memoryview)):
-                x = np.frombuffer(pcm, dtype="<i2")
-            elif pcm.dtype == np.int16:
-                x = pcm
-            else:
-                x = (np.clip(pcm, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+            x = _int16(pcm)
             if gap:
                 x = np.concatenate([np.zeros(gap, dtype=np.int16), x])
             if not len(x):
@@ -137,7 +187,7 @@ class LegRecording:
             self._failed = f"{type(exc).__name__}: {exc}"
             log.error("recording %s failed: %s", self.path, self._failed)
 
-    def _finish(self, gap: int) -> None:
+    def _finish(self, gap: int, late: list[tuple[int, int]]) -> None:
         try:
             if gap:
                 self._encode(np.zeros(gap, dtype=np.int16), 0)
@@ -157,6 +207,12 @@ class LegRecording:
                     self._file.close()
             if self._failed:
                 raise OSError(self._failed)
+            if late:
+                try:
+                    self._rewrite_muted(late)
+                except Exception:
+                    self.path.unlink(missing_ok=True)  # never leave audio behind that should have been muted
+                    raise
             h = hashlib.sha256()
             with open(self.path, "rb") as fh:
                 while block := fh.read(1 << 20):
@@ -168,6 +224,47 @@ class LegRecording:
         except Exception as exc:
             log.error("recording %s could not be completed: %s", self.path, exc)
             self.closed.set_exception(exc)
+
+    def _rewrite_muted(self, spans: list[tuple[int, int]]) -> None:
+        """Mute spans already on disk: decode, silence, encode a new file, swap it in atomically."""
+        from .reader import read_recording
+
+        audio = read_recording(self.path, rate=self.rate).samples
+        x = (np.clip(audio, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+        for a, b in spans:
+            x[a:b] = 0
+        tmp = LegRecording(self.recorder, self.path.with_name(self.path.name + ".muting"), self.rate, self.format)
+        tmp._encode(x[:self._samples], 0)
+        tmp._finish(0, [])
+        tmp.closed.result()  # raises what went wrong; the unmuted file is then left for the caller to see
+        os.replace(tmp.path, self.path)
+        log.info("recording %s: %d late span(s) muted by rewriting it", self.path.name, len(spans))
+
+
+def _length(pcm) -> int:
+    return len(pcm) // 2 if isinstance(pcm, (bytes, bytearray, memoryview)) else len(pcm)
+
+
+def _int16(pcm) -> np.ndarray:
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        return np.frombuffer(pcm, dtype="<i2")
+    if pcm.dtype == np.int16:
+        return pcm
+    return (np.clip(pcm, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+
+
+def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _total(spans: list[tuple[int, int]]) -> int:
+    return sum(b - a for a, b in spans)
 
 
 class Recorder:
@@ -191,12 +288,14 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
         self._thread.start()
 
-    def open(self, call_id: str, leg_id: str, rate: int) -> LegRecording:
+    def open(self, call_id: str, leg_id: str, rate: int, hold_s: float = 0.0) -> LegRecording:
+        """``hold_s`` > 0: audio waits that long in memory, where ``LegRecording.mute`` can still
+        silence it before it is written."""
         fmt = self.format
         if fmt == "opus" and rate not in OPUS_RATES:
             fmt = "flac"  # Opus takes only its own rates; resampling would move the timeline
         path = self.directory / call_id / f"{leg_id}{FORMATS[fmt][2]}"
-        return LegRecording(self, path, rate, fmt)
+        return LegRecording(self, path, rate, fmt, hold_s)
 
     @property
     def queued(self) -> int:
@@ -211,9 +310,9 @@ class Recorder:
             self._cv.notify()
             return True
 
-    def _control(self, rec: LegRecording, gap: int) -> None:
+    def _control(self, rec: LegRecording, gap: int, late: list[tuple[int, int]]) -> None:
         with self._cv:  # an end is never dropped: it does not count against the bound
-            self._queue.append((rec, None, gap))
+            self._queue.append((rec, None, (gap, late)))
             self._cv.notify()
 
     def _run(self) -> None:
@@ -227,7 +326,7 @@ class Recorder:
                 if pcm is not None:
                     self._audio_items -= 1
             if pcm is None:
-                rec._finish(gap)
+                rec._finish(*gap)
             else:
                 rec._encode(pcm, gap)
 
