@@ -169,14 +169,16 @@ class StreamClient:
 class AudioSocketClient:
     """What Asterisk's AudioSocket() sends (https://docs.asterisk.org/Configuration/Channel-Drivers/AudioSocket/):
     frames of kind (1 byte), length (2 bytes, big-endian), payload: the call UUID first, then 20 ms
-    of 8 kHz signed-linear audio per frame, then a hang-up."""
+    of signed-linear audio per frame (kind 0x10: 8 kHz; 0x12: slin16, 16 kHz), then a hang-up."""
 
     UUID, AUDIO, HANGUP, ERROR, DTMF = 0x01, 0x10, 0x00, 0xFF, 0x03
+    RATES = {0x10: 8000, 0x12: 16000}
 
-    def __init__(self, port: int, call_uuid, pcm: np.ndarray):
+    def __init__(self, port: int, call_uuid, pcm: np.ndarray, kind: int = AUDIO):
         self.port = port
         self.uuid = call_uuid
         self.pcm = pcm16(pcm)
+        self.kind = kind
         self.reader = self.writer = None
 
     @staticmethod
@@ -190,12 +192,13 @@ class AudioSocketClient:
     async def stream(self, *, pace: bool, upto_s: float | None = None) -> None:
         t0 = time.monotonic()
         data = self.pcm.astype("<i2").tobytes()
-        for n, i in enumerate(range(0, len(data), 320)):
+        size = self.RATES[self.kind] // 50 * 2  # 20 ms
+        for n, i in enumerate(range(0, len(data), size)):
             if upto_s is not None and n * 0.02 >= upto_s:
                 break
             if pace:
                 await paced(n, t0, 0.02)
-            self.writer.write(self.frame(self.AUDIO, data[i:i + 320]))
+            self.writer.write(self.frame(self.kind, data[i:i + size]))
             await self.writer.drain()
 
     async def hang_up(self) -> None:

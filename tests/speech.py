@@ -18,6 +18,14 @@ def prompt_8k(name: str) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
 
 
+def prompt_16k(name: str) -> np.ndarray:
+    """A prompt as 16 kHz wideband speech: Debian's asterisk-core-sounds-en-g722 file, decoded."""
+    path = SOUNDS / f"{name}.g722"
+    assert path.is_file(), f"{path} missing: apt-get install asterisk-core-sounds-en-g722 (scripts/test.sh does)"
+    data, dec = path.read_bytes(), CODECS["G722"].decoder()
+    return np.frombuffer(b"".join(dec.decode(data[i:i + 160]) for i in range(0, len(data), 160)), dtype="<i2").copy()
+
+
 def telephone(pcm8k: np.ndarray) -> np.ndarray:
     """What survives a G.711 μ-law call leg."""
     codec = CODECS["PCMU"]

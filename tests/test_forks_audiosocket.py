@@ -15,7 +15,7 @@ from telephony.bench.local import local_settings
 from telephony.service import Service
 
 from .fork_clients import AudioSocketClient, leg_of, said, stored
-from .speech import prompt_8k, prompt_text, silence
+from .speech import prompt_8k, prompt_16k, prompt_text, silence
 
 CALLER, AGENT = "pls-hold-while-try", "agent-loginok"
 
@@ -72,6 +72,32 @@ async def test_two_directions_one_call_paced_unpaced_and_abrupt(tmp_path, fresh_
     assert len(said(abrupt, "caller").split()) >= 3, said(abrupt, "caller")
 
 
+async def test_wideband_slin16_beside_8khz_in_one_call(tmp_path, fresh_database_url, db_engine):
+    """Newer Asterisk sends slin16 as kind 0x12: that leg runs at 16 kHz, its partner at 8 kHz."""
+    wide = np.concatenate([silence(0.3, 16000), prompt_16k(CALLER), silence(0.6, 16000)])
+    narrow = audio(AGENT, 0.3)
+    call_uuid = uuid.uuid4()
+    async with Service(settings_with_audiosocket(tmp_path, fresh_database_url, asr="whisper")) as svc:
+        clients = [AudioSocketClient(svc.audiosocket.port, call_uuid, wide, kind=0x12),
+                   AudioSocketClient(svc.audiosocket.port, call_uuid, narrow)]
+        for c in clients:
+            await c.open()
+            await asyncio.sleep(0.2)  # the wide one's first audio comes first: it is the caller
+
+        async def run(c):
+            await c.stream(pace=False)
+            await c.hang_up()
+
+        await asyncio.gather(*(run(c) for c in clients))
+    got = await stored(db_engine, "audiosocket", str(call_uuid))
+    caller, agent = leg_of(got, "caller"), leg_of(got, "agent")
+    assert (caller["sample_rate"], agent["sample_rate"]) == (16000, 8000)
+    assert abs(caller["duration_ms"] - len(wide) * 1000 // 16000) <= 40
+    assert abs(agent["duration_ms"] - sent_ms(narrow)) <= 40
+    assert wer([prompt_text(CALLER)], [said(got, "caller")]) <= 0.25, said(got, "caller")
+    assert wer([prompt_text(AGENT)], [said(got, "agent")]) <= 0.25, said(got, "agent")
+
+
 async def test_bad_input_closes_only_that_connection(tmp_path, fresh_database_url, db_engine, caplog):
     settings = settings_with_audiosocket(tmp_path, fresh_database_url)
     settings.sip.media_timeout_s = 0.5
@@ -102,6 +128,7 @@ async def test_bad_input_closes_only_that_connection(tmp_path, fresh_database_ur
             assert await attempt(f(0x01, uuid.uuid4().bytes), f(0x42, b"x")) == b""  # unknown kind
             assert await attempt(f(0x01, odd_id.bytes), f(0x10, b"\x00" * 320), f(0x10, b"\x00" * 3)) == b""
             assert await attempt(f(0x01, uuid.uuid4().bytes), f(0xFF, b"\x02")) == b""  # Asterisk's own error
+            assert await attempt(f(0x01, uuid.uuid4().bytes), f(0x12, b"\x00" * 640), f(0x10, b"\x00" * 320)) == b""
             quiet = AudioSocketClient(port, quiet_id, prompt_8k("vm-goodbye"))
             await quiet.open()
             await quiet.stream(pace=False)
@@ -116,7 +143,8 @@ async def test_bad_input_closes_only_that_connection(tmp_path, fresh_database_ur
     assert odd["legs"][0]["duration_ms"] == 20  # what came before the bad frame is kept
     lines = [r for r in caplog.records if r.name == "telephony.forks.audiosocket" and r.levelno >= logging.WARNING]
     reasons = " | ".join(r.getMessage() for r in lines)
-    for expected in ("audio before the UUID", "UUID frame of 5 bytes", "unknown frame kind 0x42", "not whole 16-bit"):
+    for expected in ("audio before the UUID", "UUID frame of 5 bytes", "unknown frame kind 0x42", "not whole 16-bit",
+                     "audio at 8000 Hz (kind 0x10) after 16000 Hz"):
         assert expected in reasons
     assert all(r.exc_info is None for r in caplog.records)  # a client's mistake is no traceback
-    assert svc.audiosocket.errors == 4
+    assert svc.audiosocket.errors == 5

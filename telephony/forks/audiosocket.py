@@ -3,7 +3,9 @@
 Frames (https://docs.asterisk.org/Configuration/Channel-Drivers/AudioSocket/): kind (1 byte),
 payload length (2 bytes, big-endian), payload. 0x01 the call's UUID (16 bytes, first; it is
 the call's external id), 0x10 audio (signed linear 16-bit LE, 8 kHz mono), 0x03 a DTMF digit,
-0x00 hang-up, 0xff an error (1-byte code).
+0x00 hang-up, 0xff an error (1-byte code). Newer Asterisk (res_audiosocket with slin12…slin192)
+sends wider audio as kinds 0x11–0x18, one per rate (0x12: slin16, 16 kHz). So a connection joins
+its call (admission, a new leg) at its first audio frame, whose kind gives the leg's rate for good.
 
 Asterisk sends one direction of a call per AudioSocket. Connections that carry the same UUID
 are legs of one call: the first gets speaker ``[audiosocket] speakers[0]``, the second
@@ -26,8 +28,9 @@ from .call import ForkCall, ProtocolError, media_timeout_s
 
 log = logging.getLogger(__name__)
 
-HANGUP, UUID, DTMF, AUDIO, ERROR = 0x00, 0x01, 0x03, 0x10, 0xFF
-RATE = 8000
+HANGUP, UUID, DTMF, ERROR = 0x00, 0x01, 0x03, 0xFF
+AUDIO_RATES = {0x10: 8000, 0x11: 12000, 0x12: 16000, 0x13: 24000, 0x14: 32000, 0x15: 44100, 0x16: 48000,
+               0x17: 96000, 0x18: 192000}  # audio kind: signed linear 16-bit at this rate
 
 
 @dataclass
@@ -42,8 +45,10 @@ class _SharedCall:
 
 @dataclass
 class _Connection:
-    shared: _SharedCall | None = None
-    leg: object = None  # LiveLeg, once the UUID frame came
+    call_uuid: str | None = None  # from the UUID frame
+    shared: _SharedCall | None = None  # from the first audio frame, with the leg
+    leg: object = None  # LiveLeg
+    rate: int = 0
 
 
 class AudioSocketServer:
@@ -107,18 +112,24 @@ class AudioSocketServer:
                     log.info("AudioSocket from %s: closed mid-frame", remote)
                 return
             kind = header[0]
-            if kind == AUDIO:
-                if conn.leg is None:
+            if kind in AUDIO_RATES:
+                rate = AUDIO_RATES[kind]
+                if conn.call_uuid is None:
                     raise ProtocolError(0, "audio before the UUID frame")
                 if len(payload) % 2:
                     raise ProtocolError(0, f"audio frame of {len(payload)} bytes is not whole 16-bit samples")
-                await conn.shared.fork.push([conn.leg], [np.frombuffer(payload, dtype="<i2")], RATE)
+                if conn.leg is None:
+                    conn.shared, conn.leg = await self._join(conn.call_uuid, remote, rate)
+                    conn.rate = rate
+                elif rate != conn.rate:
+                    raise ProtocolError(0, f"audio at {rate} Hz (kind 0x{kind:02x}) after {conn.rate} Hz on one connection")
+                await conn.shared.fork.push([conn.leg], [np.frombuffer(payload, dtype="<i2")], rate)
             elif kind == UUID:
-                if conn.leg is not None:
+                if conn.call_uuid is not None:
                     raise ProtocolError(0, "a second UUID frame on one connection")
                 if len(payload) != 16:
                     raise ProtocolError(0, f"UUID frame of {len(payload)} bytes (16 expected)")
-                conn.shared, conn.leg = await self._join(str(uuid.UUID(bytes=payload)), remote)
+                conn.call_uuid = str(uuid.UUID(bytes=payload))
             elif kind == HANGUP:
                 return
             elif kind == ERROR:
@@ -130,7 +141,7 @@ class AudioSocketServer:
             else:
                 raise ProtocolError(0, f"unknown frame kind 0x{kind:02x}")
 
-    async def _join(self, call_uuid: str, remote: str | None):
+    async def _join(self, call_uuid: str, remote: str | None, rate: int):
         shared = self._calls.get(call_uuid)
         if shared is None:
             shared = self._calls[call_uuid] = _SharedCall(ForkCall(self.manager, "audiosocket"))
@@ -153,7 +164,7 @@ class AudioSocketServer:
             n = shared.legs_added
             speaker = speakers[n] if n < len(speakers) else f"{speakers[-1]}-{n + 1}"
             shared.legs_added += 1
-            return shared, shared.fork.add_leg(speaker, RATE, "L16", role=f"audiosocket {n + 1}")
+            return shared, shared.fork.add_leg(speaker, rate, "L16", role=f"audiosocket {n + 1}")
 
     async def _release(self, shared: _SharedCall | None, leg) -> None:
         """A connection ended: its leg ends; the call ends with its last connection."""
