@@ -223,13 +223,83 @@ async def cmd_webhooks(args, settings) -> int:
     return 0
 
 
-async def cmd_status(args, settings) -> int:
-    from .status import fetch_status, render_status
-
+def _service_url(settings, url: str | None = None) -> str:
     host = settings.service.http_host
     if host in ("", "0.0.0.0", "::"):  # bound to every address: ask it on loopback
         host = "127.0.0.1"
-    url = args.url or f"http://{host if ':' not in host else f'[{host}]'}:{settings.service.http_port}"
+    return url or f"http://{host if ':' not in host else f'[{host}]'}:{settings.service.http_port}"
+
+
+async def cmd_journal(args, settings) -> int:
+    """Refused records: straight from the journal file when the service is stopped, else through
+    the running service's API (it holds the journal's lock)."""
+    from .api.journal import MAX_LIMIT, rejected_entry
+    from .store.journal import JOURNAL_FILE, Journal, JournalInUse
+
+    if args.action == "retry" and bool(args.seqs) == bool(args.all):
+        raise CliError("give either seqs (as `telephony journal rejected` lists them) or --all", EXIT_USAGE)
+    if args.action == "rejected" and (args.seqs or args.all):
+        raise CliError("`journal rejected` takes no seqs (did you mean `journal retry`?)", EXIT_USAGE)
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise CliError(f"--limit must be within 1..{MAX_LIMIT}, got {args.limit}", EXIT_USAGE)
+    seqs = None if args.all else args.seqs
+    path = settings.data_dir / JOURNAL_FILE
+    journal = None
+    if args.url is None:
+        if not path.exists():
+            print(f"no journal at {path}: nothing was ever refused", file=sys.stderr)
+            return 0
+        try:
+            journal = Journal(path)
+        except JournalInUse:
+            journal = None  # the service runs: ask it
+    if journal is not None:
+        try:
+            if args.action == "rejected":
+                rows = [rejected_entry(*r) for r in journal.rejected_rows(args.limit)]
+                held = journal.rejected_count()
+            else:
+                found = journal.requeue(seqs)
+        finally:
+            journal.close()
+        if args.action == "retry":
+            _print_requeued(found, seqs, "the service stores them when it next starts")
+            return 0
+    else:
+        from .status import call_api
+
+        url, token = _service_url(settings, args.url), (settings.api.tokens or [None])[0]
+        if args.action == "rejected":
+            body = await call_api(url, "GET", f"/api/journal/rejected?limit={args.limit}", token)
+            rows, held = body["rejected"], body["count"]
+        else:
+            body = await call_api(url, "POST", "/api/journal/rejected/retry", token,
+                                  {"all": True} if seqs is None else {"seqs": seqs})
+            _print_requeued(body["requeued"], seqs, "the running service is storing them")
+            return 0
+    if args.json:
+        print(json.dumps({"rejected": rows, "count": held}, indent=2, default=str))
+        return 0
+    print(f"{'seq':>8}  {'refused at':19}  {'record':16}  {'call id':36}  error")
+    for r in rows:
+        print(f"{r['seq']:>8}  {r['rejected_at'][:19]:19}  {str(r['type'])[:16]:16}  {str(r['call_id'] or '')[:36]:36}  "
+              f"{r['error'].splitlines()[0][:160] if r['error'] else ''}")
+    print(f"{held} refused record(s) held" + ("; fix the cause, then `telephony journal retry --all`" if held else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _print_requeued(found: list[int], asked: list[int] | None, where: str) -> None:
+    print(f"{len(found)} record(s) sent back to the writer; {where}")
+    missing = sorted(set(asked or []) - set(found))
+    if missing:
+        raise CliError(f"not among the refused records: {', '.join(map(str, missing))}", EXIT_INPUT)
+
+
+async def cmd_status(args, settings) -> int:
+    from .status import fetch_status, render_status
+
+    url = _service_url(settings, args.url)
     status = await fetch_status(url, token=(settings.api.tokens or [None])[0])
     print(json.dumps(status, indent=2, default=str) if args.json else render_status(status))
     return 0
@@ -302,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--limit", type=int, default=100, help="dead: how many, newest first")
     w.add_argument("--json", action="store_true")
     w.set_defaults(func=cmd_webhooks)
+
+    j = sub.add_parser("journal", help="records PostgreSQL refused for good (kept in the journal): list, retry",
+                       description="telephony journal rejected | retry SEQ... | retry --all. Works on the journal "
+                                   "file when the service is stopped, through its API when it runs.")
+    j.add_argument("action", choices=["rejected", "retry"])
+    j.add_argument("seqs", nargs="*", type=int, metavar="SEQ", help="journal seqs (retry)")
+    j.add_argument("--all", action="store_true", help="retry every refused record")
+    j.add_argument("--limit", type=int, default=100, help="rejected: how many, oldest first")
+    j.add_argument("--json", action="store_true")
+    j.add_argument("--url", help="the running service's HTTP address (default: from service.http_host/http_port)")
+    j.set_defaults(func=cmd_journal)
 
     d = sub.add_parser("db", help="database schema")
     d.add_argument("action", choices=["upgrade", "current"])

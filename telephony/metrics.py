@@ -273,6 +273,9 @@ class ServiceCollector:
         yield CounterMetricFamily("telephony_journal_rejected_records",
                                   "Records PostgreSQL refused for good (kept in the journal's rejected table)",
                                   value=w.rejected)
+        yield GaugeMetricFamily("telephony_journal_rejected_held_records",
+                                "Refused records held in the journal now, until sent back (POST /api/journal/rejected/retry)",
+                                value=w.rejected_held)
         yield CounterMetricFamily("telephony_database_written_records", "Records committed to PostgreSQL",
                                   value=w.written)
 

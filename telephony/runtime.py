@@ -47,6 +47,8 @@ def open_journal(data_dir: Path) -> Journal:
             while batch := orphan.pending(limit=1000):
                 main.append_many([record for _, record in batch])
                 orphan.ack([seq for seq, _ in batch])
+            for seq, body, error, at in orphan.rejected_rows():  # refused ones stay held, in the main journal
+                main.keep_rejected(body, error, at)
             # Its run is over for good: whatever calls it left open are closed after its records.
             main.append(InstanceRecovered(orphan.instance_id, None))
         finally:

@@ -87,6 +87,7 @@ class Service:
             "database": "up" if w.db_up else "down",
             "journal_pending": w.pending,
             "journal_rejected": w.rejected,
+            "journal_rejected_held": w.rejected_held,
             "asr_backlog": self.engine.backlog() if self.engine is not None else 0,
             "webhooks": self.runtime.webhooks.stats() if self.runtime.webhooks is not None else None,
             "admission": self.admission.status(),
@@ -221,7 +222,7 @@ class Service:
 
             add_listen(self.app, self.manager, self.settings)  # Deepgram-compatible /v1/listen
         mount(self.app, manager=self.manager, database_url=self.runtime.database_url,
-              settings=self.settings.api, webrtc=self.gateway)
+              settings=self.settings.api, webrtc=self.gateway, writer=self.writer)
         from .forks import add_routes as add_fork_routes
 
         self.fork_sockets = add_fork_routes(self.app, self.manager, self.settings)

@@ -46,6 +46,26 @@ async def fetch_status(url: str, token: str | None = None) -> dict:
     return status
 
 
+async def call_api(url: str, method: str, path: str, token: str | None = None, payload=None) -> dict:
+    """One JSON request to the running service's API; ServiceUnreachable (one line) when it fails."""
+    url = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
+            async with http.request(method, url + path, json=payload, headers=headers) as r:
+                body = await r.json(content_type=None) if r.content_type == "application/json" else None
+                if r.status >= 400 or not isinstance(body, dict):
+                    why = body.get("message") if isinstance(body, dict) else f"HTTP {r.status}"
+                    raise ServiceUnreachable(f"{method} {url}{path}: {r.status} {why}")
+                return body
+    except aiohttp.InvalidURL:
+        raise ServiceUnreachable(f"not an HTTP address: {url!r}") from None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        reason = "no answer within 5 s" if isinstance(exc, TimeoutError) else (
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ServiceUnreachable(f"the service is not running at {url} ({reason})") from None
+
+
 def summarise_metrics(exposition: str) -> dict:
     """Totals since start from a /metrics scrape, summed over sources and engines."""
     samples = [s for family in text_string_to_metric_families(exposition) for s in family.samples]
@@ -94,7 +114,9 @@ def render_status(s: dict) -> str:
     lines.append(f"calls     {s.get('active_calls', 0)} live, {s.get('active_legs', 0)} leg(s)")
     lines.append(f"asr       backlog {s.get('asr_backlog', 0)}")
     lines.append(f"database  {s.get('database')}; journal {s.get('journal_pending', 0)} pending"
-                 f", {s.get('journal_rejected', 0)} refused since start")
+                 f", {s.get('journal_rejected', 0)} refused since start"
+                 + (f", {s['journal_rejected_held']} held (`telephony journal rejected`)"
+                    if s.get("journal_rejected_held") else ""))
     hooks = s.get("webhooks")
     if hooks is None:
         lines.append("webhooks  none configured")

@@ -278,6 +278,7 @@ async def test_database_down_shows_as_down_with_the_journal_holding_the_records(
 
             m = await until(drained, timeout=30, what="the journal drained")
             assert m.value("telephony_journal_rejected_records_total") == 0
+            assert m.value("telephony_journal_rejected_held_records") == 0
             [leg] = await stored_legs(svc)
             assert m.value("telephony_rtp_packets_received_total", source="sip") == leg["packets_received"] > 0
         finally:

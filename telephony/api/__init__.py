@@ -5,6 +5,7 @@
     errors.py       JSON errors, no tracebacks         auth.py     bearer tokens / loopback-only
     cors.py         CORS and Origin checks             transcripts.py  /api/calls...
     captions.py     WebSocket/SSE caption feeds        openapi.py  /openapi.json
+    journal.py      /api/journal/rejected: records the database refused, sent back on demand
     pages.py        /, /calls, /calls/{id}, /static    settings.py ApiSettings (the [api] section)
     (webhooks/api.py: /api/webhooks/... dead letters, mounted here)
 """
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from ..store.database import async_url
 from ..webhooks import api as webhooks_api
-from . import captions, pages, transcripts
+from . import captions, journal, pages, transcripts
 from .auth import auth_middleware
 from .cors import cors_middleware
 from .errors import error_middleware, json_response
@@ -29,10 +30,11 @@ HUB = web.AppKey("caption_hub", captions.CaptionHub)
 
 
 def mount(app: web.Application, *, manager, database_url: str, settings: ApiSettings | None = None,
-          webrtc=None, webrtc_settings=None) -> None:
+          webrtc=None, webrtc_settings=None, writer=None) -> None:
     """Middlewares must be added before the app starts; call this from build_app.
 
     ``webrtc``: a WebRtcGateway to serve signalling for (None: no WebRTC endpoint).
+    ``writer``: the RecordWriter, for /api/journal/rejected (None: not served).
     """
     s = settings or ApiSettings()
     app.middlewares.extend([error_middleware, cors_middleware(s.cors_origins), auth_middleware(s.tokens)])
@@ -54,6 +56,8 @@ def mount(app: web.Application, *, manager, database_url: str, settings: ApiSett
     app.router.add_get("/openapi.json", openapi)
     transcripts.add_routes(app, manager)
     webhooks_api.add_routes(app, transcripts.ENGINE)
+    if writer is not None:
+        journal.add_routes(app, writer)
     captions.add_routes(app, hub, manager, max_clients=s.max_caption_clients, queue=s.caption_queue)
     if webrtc is not None:
         from ..webrtc.signalling import add_routes as add_signalling

@@ -38,6 +38,8 @@ SCHEMAS = {
                               "active_legs": {"type": "integer"},
                               "journal_pending": {"type": "integer"}, "asr_backlog": {"type": "integer"},
                               "journal_rejected": {"type": "integer", "description": "records refused since start"},
+                              "journal_rejected_held": {"type": "integer",
+                                                        "description": "refused records held now (/api/journal/rejected)"},
                               "webhooks": {"type": ["object", "null"], "description": "null: no receivers configured",
                                            "properties": {"endpoints": {"type": "integer"},
                                                           "pending": {"type": "integer"}, "dead": {"type": "integer"},
@@ -55,6 +57,14 @@ SCHEMAS = {
                        "created_at": {"type": "string"}, "resent_at": {"type": ["string", "null"]},
                        "dead_at": {"type": ["string", "null"]}, "delivered_at": {"type": ["string", "null"]},
                        "last_status": {"type": ["integer", "null"]}, "last_error": _NULLABLE_STR}},
+    "RejectedRecord": {
+        "type": "object", "required": ["seq", "rejected_at", "error", "type", "record"],
+        "properties": {"seq": {"type": "integer", "description": "its number in the journal (for retry)"},
+                       "rejected_at": {"type": "string", "format": "date-time"},
+                       "error": {"type": "string", "description": "what PostgreSQL said"},
+                       "type": {"type": ["string", "null"], "description": "CallRecord, LegRecord, UtteranceRecord, ..."},
+                       "call_id": {"type": ["string", "null"]},
+                       "record": {"type": "object", "description": "the record as journalled: {type, data}"}}},
     "CallSummary": {
         "type": "object", "required": ["id", "source", "started_at", "status"],
         "properties": {
@@ -260,6 +270,26 @@ PATHS = {
         "responses": {"202": _json(_ref("WebhookDelivery"), "queued again"), "400": _err("not a UUID"),
                       "404": _err("no such delivery, or it is still pending"), "503": _err("database unavailable"),
                       **_AUTH_ERRORS}}},
+    "/api/journal/rejected": {"get": {
+        "summary": "Records PostgreSQL refused for good (a constraint or data error), kept in the local journal, oldest first",
+        "parameters": [{"name": "limit", "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+        "responses": {"200": _json({"type": "object", "required": ["rejected", "count"], "properties": {
+            "rejected": {"type": "array", "items": _ref("RejectedRecord")},
+            "count": {"type": "integer", "description": "records held (all of them, not only those listed)"}}},
+            "refused records"), "400": _err("bad limit"), **_AUTH_ERRORS}}},
+    "/api/journal/rejected/retry": {"post": {
+        "summary": "Send refused records back to the writer (after fixing the cause); refused again, they come back here",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+            {"type": "object", "required": ["seqs"], "additionalProperties": False,
+             "properties": {"seqs": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                     "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}}},
+            {"type": "object", "required": ["all"], "additionalProperties": False,
+             "properties": {"all": {"const": True}}}]}}}},
+        "responses": {"200": _json({"type": "object", "required": ["requeued", "count", "not_found"], "properties": {
+            "requeued": {"type": "array", "items": {"type": "integer"}}, "count": {"type": "integer"},
+            "not_found": {"type": "array", "items": {"type": "integer"}}}}, "sent back"),
+            "400": _err("not a seq list or {all: true}"), "413": _err("body too large"), **_AUTH_ERRORS}}},
     "/api/captions": {"get": {"summary": "Live captions of every call", **_FEED}},
     "/api/calls/{call_id}/captions": {"get": {
         "summary": "Live captions of one call (replays its finals so far; ends after call_end)",

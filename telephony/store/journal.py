@@ -33,6 +33,10 @@ class JournalError(RuntimeError):
     """The journal cannot be opened or written; the message is one line."""
 
 
+class JournalInUse(JournalError):
+    """Another process (a running service) holds the journal."""
+
+
 class Journal:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -47,7 +51,7 @@ class Journal:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lockfile.close()
-            raise JournalError(f"journal {self.path} is in use by another process (or another Journal object)") from None
+            raise JournalInUse(f"journal {self.path} is in use by another process (or another Journal object)") from None
         try:
             # isolation_level=None: explicit BEGIN/COMMIT, so one append_many is one fsync.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -155,11 +159,61 @@ class Journal:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM pending").fetchone()[0]
 
+    def rejected_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM rejected").fetchone()[0]
+
     def rejected(self) -> list[tuple[int, dict, str]]:
         """(seq, raw record JSON, reason) of every record the database refused."""
+        return [(seq, body, error) for seq, body, error, _ in self.rejected_rows()]
+
+    def rejected_rows(self, limit: int | None = None) -> list[tuple[int, dict, str, float]]:
+        """(seq, raw record JSON, reason, when: Unix time) of refused records, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, body, error FROM rejected ORDER BY seq").fetchall()
-        return [(seq, json.loads(body), error) for seq, body, error in rows]
+            rows = self._db.execute("SELECT seq, body, error, rejected FROM rejected ORDER BY seq LIMIT ?",
+                                    (-1 if limit is None else limit,)).fetchall()
+        return [(seq, json.loads(body), error, at) for seq, body, error, at in rows]
+
+    def keep_rejected(self, body: dict, error: str, at: float) -> int:
+        """Hold a refused record that comes from elsewhere (another process's journal), under a seq
+        of this journal's; returns it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute("INSERT INTO pending (body, created) VALUES (?, ?)", (json.dumps(body), at))
+                seq = cur.lastrowid
+                self._db.execute("INSERT INTO rejected (seq, body, error, rejected) SELECT seq, body, ?, ? FROM pending"
+                                 " WHERE seq = ?", (error, at, seq))
+                self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return seq
+
+    def requeue(self, seqs: Iterable[int] | None = None) -> list[int]:
+        """Move refused records (all of them with ``seqs`` None) back to ``pending``, under new
+        sequence numbers, for the writer to try again (after the cause was fixed). One transaction:
+        a record is in exactly one of the two tables. Returns the seqs that were found."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if seqs is None:
+                    found = [r[0] for r in self._db.execute("SELECT seq FROM rejected ORDER BY seq")]
+                else:
+                    wanted = sorted({int(s) for s in seqs})
+                    found = [s for s in wanted
+                             if self._db.execute("SELECT 1 FROM rejected WHERE seq = ?", (s,)).fetchone()]
+                now = time.time()
+                for seq in found:
+                    self._db.execute("INSERT INTO pending (body, created) SELECT body, ? FROM rejected WHERE seq = ?",
+                                     (now, seq))
+                    self._db.execute("DELETE FROM rejected WHERE seq = ?", (seq,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return found
 
     # -- lifetime --------------------------------------------------------------
 

@@ -300,7 +300,8 @@ class RecordWriter:
         self.connect_timeout_s = connect_timeout_s
         self.outbox = outbox  # add(conn, records) inside the transaction; committed() after it
         self.written = 0
-        self.rejected = 0
+        self.rejected = 0  # refused since start (a counter)
+        self.rejected_held = 0  # in the journal's rejected table now (all runs), until sent back
         self.hook_errors = 0
         self.pending = 0
         self.db_up = False
@@ -334,6 +335,7 @@ class RecordWriter:
             connect_args={"timeout": self.connect_timeout_s, "command_timeout": 60},
         )
         self.pending = await asyncio.to_thread(self.journal.count)
+        self.rejected_held = await asyncio.to_thread(self.journal.rejected_count)
         self._unreadable_seen = self.journal.unreadable
         await self._probe()  # db_up is known from the start (a failure only means: journal meanwhile)
         self._accepting = True
@@ -419,6 +421,18 @@ class RecordWriter:
             "last_error": self.last_error,
         }
 
+    async def retry_rejected(self, seqs: list[int] | None = None) -> list[int]:
+        """Send records the database refused (all with ``seqs`` None) back through the writer, once
+        their cause is fixed: they go back into the journal's pending records, in one transaction,
+        and are stored like any other (refused again, they return to ``rejected``). The seqs found."""
+        found = await asyncio.to_thread(self.journal.requeue, seqs)
+        if found:
+            self.pending += len(found)
+            self.rejected_held -= len(found)
+            self._work_wake.set()
+            log.info("journal: %d refused record(s) sent back to the writer", len(found))
+        return found
+
     async def _append_loop(self) -> None:
         # Group commit: everything submitted while the previous fsync ran goes in the next one.
         while True:
@@ -457,6 +471,7 @@ class RecordWriter:
                 continue
             if self.journal.unreadable != self._unreadable_seen:  # set aside by the journal itself
                 self.pending -= self.journal.unreadable - self._unreadable_seen
+                self.rejected_held += self.journal.unreadable - self._unreadable_seen
                 self._unreadable_seen = self.journal.unreadable
             if not batch:
                 if self._draining:
@@ -508,6 +523,7 @@ class RecordWriter:
                     raise
                 await asyncio.to_thread(self.journal.reject, seq, _reason(exc))
                 self.rejected += 1
+                self.rejected_held += 1
                 self.pending -= 1
                 await self._advance(seq)
                 continue
