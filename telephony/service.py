@@ -49,6 +49,7 @@ class Service:
         self.sip = None  # SipEndpoint
         self.audiosocket = None  # forks.audiosocket.AudioSocketServer
         self.fork_sockets = None  # forks.websocket.OpenSockets: Twilio, mod_audio_stream
+        self.rtp_forks = None  # forks.rtp.RtpForks: ARI externalMedia
         self.admission = None  # Admission: one mechanism for every way in
         self.metrics = None  # telephony.metrics.Metrics, unless [metrics] is off
         self.port = 0  # HTTP port actually bound
@@ -225,7 +226,7 @@ class Service:
               settings=self.settings.api, webrtc=self.gateway, writer=self.writer)
         from .forks import add_routes as add_fork_routes
 
-        self.fork_sockets = add_fork_routes(self.app, self.manager, self.settings)
+        self.fork_sockets, self.rtp_forks = add_fork_routes(self.app, self.manager, self.settings)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.service.http_host, self.settings.service.http_port)
@@ -240,7 +241,7 @@ class Service:
         log.info("stopping: no new calls; finishing %d open calls", self.manager.active_calls)
         self.manager.accepting = False
         try:
-            for endpoint in (self.gateway, self.sip, self.audiosocket):
+            for endpoint in (self.gateway, self.sip, self.audiosocket, self.rtp_forks):
                 if endpoint is not None:
                     await endpoint.stop()
             if self.fork_sockets is not None:

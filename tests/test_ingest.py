@@ -353,7 +353,7 @@ def test_capture_with_only_g729_names_the_payload_type(tmp_path):
             p = p[:1] + bytes([(p[1] & 0x80) | 18]) + p[2:]  # relabel PCMU as G.729
         frames.append((ts, s, sp, d, dp, p))
     with pytest.raises(IngestError, match=r"payload type 18 \(G729\); supported: 0 \(PCMU\), 8 \(PCMA\), 9 \(G722\), "
-                                          r"or PCMU/PCMA/G722/opus by a=rtpmap in the capture's SDP$"):
+                                          r"or PCMU/PCMA/G722/opus/L16 by a=rtpmap in the capture's SDP$"):
         load_call(write_capture(tmp_path / "g729.pcap", frames, encap=eth))
     # Next to a supported stream, the G.729 one is left out and said so.
     mixed = [f if f[2] != 35112 else f[:5] + (f[5][:1] + bytes([0]) + f[5][2:],) for f in frames]

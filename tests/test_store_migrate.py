@@ -22,7 +22,7 @@ def query(url: str, sql: str, *args):
 
 
 def test_schema_is_at_head_with_tables_view_indexes_and_trigger(database_url):
-    assert migrate.current_revision(database_url) == migrate.head_revision() == "0004"
+    assert migrate.current_revision(database_url) == migrate.head_revision() == "0005"
     tables = {r[0] for r in query(database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"calls", "legs", "utterances", "alembic_version"} <= tables
     views = {r[0] for r in query(database_url, "SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
@@ -56,6 +56,7 @@ def test_constraints_refuse_bad_rows(database_url):
             conn.rollback()
             cur.execute("INSERT INTO calls (id, source, started_at) VALUES (gen_random_uuid(), 'sip', now()) RETURNING status, meta")
             assert cur.fetchone() == ("active", {})
+            cur.execute("INSERT INTO calls (id, source, started_at) VALUES (gen_random_uuid(), 'rtp', now())")  # 0005
     finally:
         conn.rollback()
         conn.close()

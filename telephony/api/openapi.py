@@ -7,6 +7,7 @@ route the app registers is in it and that responses match its schemas.
 from __future__ import annotations
 
 from .. import __version__ as VERSION
+from ..store.writer import SOURCES
 
 
 def _ref(name: str) -> dict:
@@ -68,7 +69,7 @@ SCHEMAS = {
     "CallSummary": {
         "type": "object", "required": ["id", "source", "started_at", "status"],
         "properties": {
-            "id": _UUID, "source": {"enum": ["sip", "siprec", "webrtc", "file"]},
+            "id": _UUID, "source": {"enum": list(SOURCES)},
             "external_id": _NULLABLE_STR, "from_uri": _NULLABLE_STR, "to_uri": _NULLABLE_STR,
             "remote_addr": _NULLABLE_STR, "meta": {"type": "object"},
             "started_at": {"type": "string", "format": "date-time"},
@@ -217,7 +218,7 @@ PATHS = {
             {"name": "since", "in": "query", "schema": _MOMENT,
              "description": "calls started at or after (RFC 3339 date-time, or a date: midnight UTC)"},
             {"name": "until", "in": "query", "schema": _MOMENT, "description": "calls started before"},
-            {"name": "source", "in": "query", "schema": {"enum": ["sip", "siprec", "webrtc", "file"]}},
+            {"name": "source", "in": "query", "schema": {"enum": list(SOURCES)}},
             {"name": "q", "in": "query", "schema": {"type": "string"},
              "description": "full-text search on utterances (web search syntax: \"exact words\", -not, or)"},
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}],
@@ -290,6 +291,38 @@ PATHS = {
             "requeued": {"type": "array", "items": {"type": "integer"}}, "count": {"type": "integer"},
             "not_found": {"type": "array", "items": {"type": "integer"}}}}, "sent back"),
             "400": _err("not a seq list or {all: true}"), "413": _err("body too large"), **_AUTH_ERRORS}}},
+    "/ingest/rtp": {"post": {
+        "summary": "Open RTP ports for a call whose audio comes as bare RTP (Asterisk ARI externalMedia, encapsulation=rtp)",
+        "description": "One port per leg; give each leg's `external_host` to externalMedia. RTP is taken only from "
+                       "`source` (default: this request's address). A leg ends after [sip] media_timeout_s without RTP; "
+                       "the call with its last leg, or with DELETE.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["legs"], "additionalProperties": False, "properties": {
+                "legs": {"type": "array", "minItems": 1, "maxItems": 8, "items": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "speaker": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "format": {"enum": ["ulaw", "alaw", "g722", "opus", "slin", "slin12", "slin16", "slin24",
+                                            "slin32", "slin44", "slin48", "slin96", "slin192"]}}}},
+                "source": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+                           "not": {"anyOf": [{"const": "0.0.0.0"}, {"pattern": "^[0:]+$"}]},
+                           "description": "the IP address the RTP comes from"},
+                "external_id": {"type": "string", "minLength": 1, "maxLength": 256},
+                "meta": {"type": "object", "maxProperties": 50}}}}}},
+        "responses": {"201": _json({"type": "object", "required": ["call_id", "source", "legs"], "properties": {
+            "call_id": _UUID, "source": {"type": "string"},
+            "legs": {"type": "array", "items": {"type": "object", "required": ["id", "speaker", "format", "host", "port",
+                                                                              "external_host"], "properties": {
+                "id": _UUID, "speaker": {"type": "string"}, "format": {"type": "string"},
+                "payload_type": {"type": "integer"}, "host": {"type": "string"}, "port": {"type": "integer"},
+                "external_host": {"type": "string"}}}}}}, "the call and its legs' RTP ports"),
+            "400": _err("not a valid session"), "413": _err("body too large"),
+            "503": _err("at capacity, or no RTP port free (Retry-After)"), **_AUTH_ERRORS}}},
+    "/ingest/rtp/{call_id}": {"delete": {
+        "summary": "End an RTP fork's call now (what it received is transcribed and stored)",
+        "parameters": [_CALL_ID],
+        "responses": {"200": _json({"type": "object", "required": ["call_id", "status"], "properties": {
+            "call_id": _UUID, "status": {"enum": ["completed", "failed"]}}}, "ended"),
+            "400": _err("not a UUID"), "404": _err("no open RTP fork with this id"), **_AUTH_ERRORS}}},
     "/api/captions": {"get": {"summary": "Live captions of every call", **_FEED}},
     "/api/calls/{call_id}/captions": {"get": {
         "summary": "Live captions of one call (replays its finals so far; ends after call_end)",

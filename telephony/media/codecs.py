@@ -12,7 +12,7 @@ or its in-band FEC when the packet after the gap is at hand; G.711 and G.722
 give silence.
 
 Libraries, each chosen for the job:
-- G.711: ``audioop`` (C; stdlib on 3.11/3.12, ``audioop-lts`` from 3.13).
+- G.711, and L16's byte order: ``audioop`` (C; stdlib on 3.11/3.12, ``audioop-lts`` from 3.13).
 - G.722: FFmpeg's decoder and encoder through PyAV (``av``, installed with aiortc).
 - Opus decoding: libopus itself through ``ctypes``. FFmpeg's libopus wrapper always
   outputs 48 kHz (it sets the rate at init and ignores ours), so through PyAV an
@@ -86,6 +86,8 @@ class Codec:
             return 0
         if self.name == "opus":
             return opus_samples(payload, self.rate)
+        if self.name == "L16":
+            return len(payload) // 2
         return len(payload) * self.rate // self.clock_rate  # G.722: 2 samples per byte; G.711: 1
 
 
@@ -98,6 +100,8 @@ CODECS: dict[str, Codec] = {
         # maxplaybackrate: we listen at 16 kHz, so a sender need not spend bits above 8 kHz;
         # useinbandfec: we decode its FEC (conceal with the next packet).
         Codec("opus", 48000, 16000, None, channels=2, fmtp="maxplaybackrate=16000;stereo=0;useinbandfec=1"),
+        # Linear PCM, big-endian (RFC 3551 4.5.11), at any rate: what Asterisk sends for slin/slin16.
+        Codec("L16", 16000, 16000, None),
         Codec("telephone-event", 8000, 8000, None, fmtp="0-16", audio=False),
         Codec("CN", 8000, 8000, 13, audio=False),
     )
@@ -114,7 +118,8 @@ def lookup(name: str, clock_rate: int | None = None) -> Codec | None:
     codec = CODECS.get(name.upper())
     if codec is None or clock_rate is None or clock_rate == codec.clock_rate:
         return codec
-    return None if codec.audio else replace(codec, clock_rate=clock_rate, rate=clock_rate)
+    rate_free = not codec.audio or codec.name == "L16"
+    return replace(codec, clock_rate=clock_rate, rate=clock_rate) if rate_free and clock_rate > 0 else None
 
 
 def static(pt: int) -> Codec | None:
@@ -175,6 +180,14 @@ class Decoder:
 class _PcmuDecoder(Decoder):
     def decode(self, payload: bytes) -> bytes:
         return audioop.ulaw2lin(payload, 2)
+
+
+class _L16Decoder(Decoder):
+    def decode(self, payload: bytes) -> bytes:
+        if len(payload) % 2:
+            self.errors += 1
+            return b""
+        return audioop.byteswap(payload, 2)  # network order → ours
 
 
 class _PcmaDecoder(Decoder):
@@ -275,7 +288,8 @@ class _OpusDecoder(Decoder):
         return pcm + bytes(2 * samples - len(pcm))
 
 
-_DECODERS = {"PCMU": _PcmuDecoder, "PCMA": _PcmaDecoder, "G722": _G722Decoder, "OPUS": _OpusDecoder}
+_DECODERS = {"PCMU": _PcmuDecoder, "PCMA": _PcmaDecoder, "G722": _G722Decoder, "OPUS": _OpusDecoder,
+             "L16": _L16Decoder}
 
 
 # ---- Encoders (test senders, load generators, replays)
@@ -301,6 +315,11 @@ class Encoder:
 class _PcmuEncoder(Encoder):
     def _encode(self, pcm16: bytes) -> bytes:
         return audioop.lin2ulaw(pcm16, 2)
+
+
+class _L16Encoder(Encoder):
+    def _encode(self, pcm16: bytes) -> bytes:
+        return audioop.byteswap(pcm16, 2)
 
 
 class _PcmaEncoder(Encoder):
@@ -348,4 +367,5 @@ class _OpusEncoder(_AvEncoder):
                          options={"frame_duration": str(ptime_ms), "application": "voip", "fec": "1", "packet_loss": "10"})
 
 
-_ENCODERS = {"PCMU": _PcmuEncoder, "PCMA": _PcmaEncoder, "G722": _G722Encoder, "OPUS": _OpusEncoder}
+_ENCODERS = {"PCMU": _PcmuEncoder, "PCMA": _PcmaEncoder, "G722": _G722Encoder, "OPUS": _OpusEncoder,
+             "L16": _L16Encoder}

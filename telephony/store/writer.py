@@ -50,7 +50,7 @@ from .journal import Journal
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("sip", "siprec", "webrtc", "file", "twilio", "stream", "audiosocket", "listen")
+SOURCES = ("sip", "siprec", "webrtc", "file", "twilio", "stream", "audiosocket", "listen", "rtp")
 END_STATUSES = ("completed", "failed", "rejected", "interrupted")
 # LegEnd.stats key -> legs column (the whole dict also goes to legs.stats).
 STAT_COLUMNS = {
