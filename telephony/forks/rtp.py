@@ -239,15 +239,16 @@ class RtpForks:
                 continue
             now = time.monotonic()
             for call_id, session in list(self.sessions.items()):
-                for i, (_, rtp) in enumerate(session.streams):
-                    if i not in session.ended and now - (rtp.last_packet or session.opened) > limit:
-                        log.info("RTP fork %s: no RTP on leg %d for %.0f s, ending it", call_id, i + 1,
-                                 now - (rtp.last_packet or session.opened), extra={"call_id": call_id})
-                        if rtp.last_packet is not None:
-                            session.fork.audio = True
-                        await self._end_leg(session, i)
-                if len(session.ended) == len(session.streams):
-                    await self._end(call_id, session)
+                try:
+                    for i, (_, rtp) in enumerate(session.streams):
+                        if i not in session.ended and now - (rtp.last_packet or session.opened) > limit:
+                            log.info("RTP fork %s: no RTP on leg %d for %.0f s, ending it", call_id, i + 1,
+                                     now - (rtp.last_packet or session.opened), extra={"call_id": call_id})
+                            await self._end_leg(session, i)
+                    if len(session.ended) == len(session.streams):
+                        await self._end(call_id, session)
+                except Exception:  # one call's trouble must not stop the timeouts of the others
+                    log.exception("RTP fork %s: ending it failed", call_id, extra={"call_id": call_id})
 
     async def stop(self) -> None:
         """Service stop: every open fork ends with what it received."""
