@@ -32,6 +32,27 @@ def json_error(status: int, code: str, message: str, headers: dict | None = None
     return json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
+async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
+    """The request body, or a 413 response when it is over ``limit`` bytes (never read past it)."""
+    if request.content_length is not None and request.content_length > limit:
+        return json_error(413, "payload_too_large", f"body of {request.content_length} bytes; the limit is {limit}")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return json_error(413, "payload_too_large", f"body larger than the limit of {limit} bytes")
+    return body
+
+
+async def read_json(request: web.Request, limit: int, expected: str):
+    """The parsed JSON body, or a 413/400 response (``expected`` says what the body should be)."""
+    body = await read_body(request, limit)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        return json.loads(body)
+    except ValueError:  # not JSON, or not UTF-8
+        return json_error(400, "bad_request", f"the body is not JSON: expected {expected}")
+
+
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           406: "not_acceptable", 413: "payload_too_large", 415: "unsupported_media_type", 422: "unprocessable",
           503: "unavailable"}

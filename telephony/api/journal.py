@@ -8,12 +8,11 @@ sends the records back to the writer, which stores them as it would have the fir
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime, timezone
 
 from aiohttp import web
 
-from .errors import json_error, json_response
+from .errors import json_error, json_response, read_json
 
 MAX_LIMIT = 1000
 MAX_BODY = 65536
@@ -61,15 +60,9 @@ def add_routes(app: web.Application, writer) -> None:
         return json_response({"rejected": [rejected_entry(*r) for r in rows], "count": writer.rejected_held})
 
     async def retry(request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            return json_error(413, "payload_too_large", f"body over {MAX_BODY} bytes")
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            return json_error(413, "payload_too_large", f"body over {MAX_BODY} bytes")
-        try:
-            payload = json.loads(body)
-        except ValueError:  # not JSON, or not UTF-8
-            return json_error(400, "bad_request", 'the body is not JSON: expected {"seqs": [...]} or {"all": true}')
+        payload = await read_json(request, MAX_BODY, '{"seqs": [...]} or {"all": true}')
+        if isinstance(payload, web.Response):
+            return payload
         try:
             seqs = parse_retry(payload)
         except ValueError as exc:

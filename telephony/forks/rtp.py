@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from ..api.errors import json_error, json_response
+from ..api.errors import json_error, json_response, read_json
 from ..media.codecs import CODECS, Codec, lookup
 from ..sip.media import PortAllocator, RtpStream, SourcePolicy
 from .call import ForkCall, clean_meta, media_timeout_s
@@ -142,15 +142,13 @@ class RtpForks:
         denied = check_access(request, self.settings.api.tokens)
         if isinstance(denied, web.Response):
             return denied
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            return json_error(413, "payload_too_large", f"body over {MAX_BODY} bytes")
+        payload = await read_json(request, MAX_BODY, "{legs: [{speaker, format}, ...]}")
+        if isinstance(payload, web.Response):
+            return payload
         try:
-            spec = parse_session(json.loads(body))
+            spec = parse_session(payload)
         except BadRequest as exc:
             return json_error(400, "bad_request", str(exc))
-        except ValueError:
-            return json_error(400, "bad_request", "the body is not JSON")
         remote = request.remote
         source = spec.source or remote
         fork = ForkCall(self.manager, "rtp")
@@ -173,7 +171,7 @@ class RtpForks:
                 rtp.close()
             await fork.end()
             return refuse_busy(f"no RTP port free: {exc}", self.settings.admission.retry_after_s)
-        session = self.sessions[fork.call.id] = _Session(fork, streams)
+        self.sessions[fork.call.id] = _Session(fork, streams)
         if self._watch is None:
             self._watch = asyncio.create_task(self._watch_media(), name="rtp-fork-media-timeout")
         host = self._announced(request)

@@ -16,7 +16,7 @@ import json
 
 from aiohttp import web
 
-from ..api.errors import json_error, json_response
+from ..api.errors import json_error, json_response, read_body
 from .gateway import Busy, WebRtcGateway
 from .offer import OfferError, TrackLabel, check_label, decode_body
 
@@ -45,11 +45,9 @@ class _Handlers:
             return json_error(415, "unsupported_media_type",
                               f"send the offer as application/sdp or application/json, not {ctype or 'no content type'}")
         limit = self.gw.settings.max_sdp_bytes if ctype == "application/sdp" else self.max_json
-        if request.content_length is not None and request.content_length > limit:
-            return json_error(413, "payload_too_large", f"body of {request.content_length} bytes; the limit is {limit}")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            return json_error(413, "payload_too_large", f"body larger than the limit of {limit} bytes")
+        body = await read_body(request, limit)
+        if isinstance(body, web.Response):
+            return body
         try:
             if ctype == "application/sdp":
                 offer, labels, external_id, meta = decode_body(body), _query_labels(request), None, None
