@@ -9,6 +9,7 @@ parser and left out when the service does not let us read it.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import aiohttp
@@ -24,24 +25,16 @@ class ServiceUnreachable(RuntimeError):
 async def fetch_status(url: str, token: str | None = None) -> dict:
     """``/health`` of the service at ``url``, plus ``live_calls`` when ``/api/calls/live`` lets us read it."""
     url = url.rstrip("/")
-    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            async with http.get(f"{url}/health") as r:
-                if r.status != 200 or r.content_type != "application/json":
-                    raise ServiceUnreachable(f"{url} answered HTTP {r.status} on /health: not the telephony service?")
-                status = await r.json()
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            async with http.get(f"{url}/api/calls/live", headers=headers) as r:
-                status["live_calls"] = (await r.json())["calls"] if r.status == 200 else None
-            async with http.get(f"{url}/metrics", headers=headers) as r:
-                status["metrics"] = _metrics(await r.text()) if r.status == 200 else None
-    except aiohttp.InvalidURL:
-        raise ServiceUnreachable(f"not an HTTP address: {url!r}") from None
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        reason = "no answer within 5 s" if isinstance(exc, TimeoutError) else (
-            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise ServiceUnreachable(f"the service is not running at {url} ({reason})") from None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with _session(url) as http:
+        async with http.get(f"{url}/health") as r:
+            if r.status != 200 or r.content_type != "application/json":
+                raise ServiceUnreachable(f"{url} answered HTTP {r.status} on /health: not the telephony service?")
+            status = await r.json()
+        async with http.get(f"{url}/api/calls/live", headers=headers) as r:
+            status["live_calls"] = (await r.json())["calls"] if r.status == 200 else None
+        async with http.get(f"{url}/metrics", headers=headers) as r:
+            status["metrics"] = _metrics(await r.text()) if r.status == 200 else None
     status["url"] = url
     return status
 
@@ -50,14 +43,21 @@ async def call_api(url: str, method: str, path: str, token: str | None = None, p
     """One JSON request to the running service's API; ServiceUnreachable (one line) when it fails."""
     url = url.rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with _session(url) as http:
+        async with http.request(method, url + path, json=payload, headers=headers) as r:
+            body = await r.json(content_type=None) if r.content_type == "application/json" else None
+            if r.status >= 400 or not isinstance(body, dict):
+                why = body.get("message") if isinstance(body, dict) else f"HTTP {r.status}"
+                raise ServiceUnreachable(f"{method} {url}{path}: {r.status} {why}")
+            return body
+
+
+@asynccontextmanager
+async def _session(url: str):
+    """An HTTP session to the service at ``url``; failing to reach it is one ServiceUnreachable line."""
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
-            async with http.request(method, url + path, json=payload, headers=headers) as r:
-                body = await r.json(content_type=None) if r.content_type == "application/json" else None
-                if r.status >= 400 or not isinstance(body, dict):
-                    why = body.get("message") if isinstance(body, dict) else f"HTTP {r.status}"
-                    raise ServiceUnreachable(f"{method} {url}{path}: {r.status} {why}")
-                return body
+            yield http
     except aiohttp.InvalidURL:
         raise ServiceUnreachable(f"not an HTTP address: {url!r}") from None
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
