@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -83,6 +84,19 @@ class Journal:
 
     # -- writing ---------------------------------------------------------------
 
+    @contextmanager
+    def _transaction(self):
+        """One write transaction (one fsync), under the lock; rolled back if anything in it fails."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
     def append(self, record: Record) -> int:
         """Store one record durably; return its sequence number."""
         return self.append_many([record])[0]
@@ -91,18 +105,11 @@ class Journal:
         """Store records durably in one transaction (one fsync); return their sequence numbers in order."""
         bodies = [_encode(r) for r in records]
         now = time.time()
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                seqs = []
-                for body in bodies:
-                    cur.execute("INSERT INTO pending (body, created) VALUES (?, ?)", (body, now))
-                    seqs.append(cur.lastrowid)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        seqs = []
+        with self._transaction() as cur:
+            for body in bodies:
+                cur.execute("INSERT INTO pending (body, created) VALUES (?, ?)", (body, now))
+                seqs.append(cur.lastrowid)
         return seqs
 
     def ack(self, seqs: int | Iterable[int]) -> None:
@@ -123,19 +130,10 @@ class Journal:
 
     def reject(self, seq: int, error: str) -> None:
         """Move a record PostgreSQL will never accept out of the way, keeping it and the reason."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO rejected (seq, body, error, rejected)"
-                    " SELECT seq, body, ?, ? FROM pending WHERE seq = ?",
-                    (error, time.time(), seq),
-                )
-                self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO rejected (seq, body, error, rejected)"
+                        " SELECT seq, body, ?, ? FROM pending WHERE seq = ?", (error, time.time(), seq))
+            cur.execute("DELETE FROM pending WHERE seq = ?", (seq,))
         log.error("journal: record %d rejected by the database and kept in %s: %s", seq, self.path, error)
 
     # -- reading ---------------------------------------------------------------
@@ -177,42 +175,25 @@ class Journal:
     def keep_rejected(self, body: dict, error: str, at: float) -> int:
         """Hold a refused record that comes from elsewhere (another process's journal), under a seq
         of this journal's; returns it."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._db.execute("INSERT INTO pending (body, created) VALUES (?, ?)", (json.dumps(body), at))
-                seq = cur.lastrowid
-                self._db.execute("INSERT INTO rejected (seq, body, error, rejected) SELECT seq, body, ?, ? FROM pending"
-                                 " WHERE seq = ?", (error, at, seq))
-                self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        text = json.dumps(body, ensure_ascii=False)
+        with self._transaction() as cur:  # the seq comes from pending's AUTOINCREMENT: never reused
+            cur.execute("INSERT INTO pending (body, created) VALUES (?, ?)", (text, at))
+            seq = cur.lastrowid
+            cur.execute("INSERT INTO rejected (seq, body, error, rejected) VALUES (?, ?, ?, ?)", (seq, text, error, at))
+            cur.execute("DELETE FROM pending WHERE seq = ?", (seq,))
         return seq
 
     def requeue(self, seqs: Iterable[int] | None = None) -> list[int]:
         """Move refused records (all of them with ``seqs`` None) back to ``pending``, under new
         sequence numbers, for the writer to try again (after the cause was fixed). One transaction:
         a record is in exactly one of the two tables. Returns the seqs that were found."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if seqs is None:
-                    found = [r[0] for r in self._db.execute("SELECT seq FROM rejected ORDER BY seq")]
-                else:
-                    wanted = sorted({int(s) for s in seqs})
-                    found = [s for s in wanted
-                             if self._db.execute("SELECT 1 FROM rejected WHERE seq = ?", (s,)).fetchone()]
-                now = time.time()
-                for seq in found:
-                    self._db.execute("INSERT INTO pending (body, created) SELECT body, ? FROM rejected WHERE seq = ?",
-                                     (now, seq))
-                    self._db.execute("DELETE FROM rejected WHERE seq = ?", (seq,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as cur:
+            held = [r[0] for r in cur.execute("SELECT seq FROM rejected ORDER BY seq").fetchall()]
+            found = held if seqs is None else sorted(set(held) & {int(s) for s in seqs})
+            now = time.time()
+            for seq in found:
+                cur.execute("INSERT INTO pending (body, created) SELECT body, ? FROM rejected WHERE seq = ?", (now, seq))
+                cur.execute("DELETE FROM rejected WHERE seq = ?", (seq,))
         return found
 
     # -- lifetime --------------------------------------------------------------
