@@ -168,6 +168,7 @@ class Redactor:
             self.label(CARD)
         except (KeyError, IndexError, ValueError):
             raise ConfigError(f"redaction.replacement may only use {{name}}, got {self.replacement!r}") from None
+        self._labels = ([self.label(CARD)] if self.cards else []) + [self.label(n) for n, _ in self.patterns]
 
     @classmethod
     def from_settings(cls, settings: RedactionSettings) -> "Redactor | None":
@@ -178,8 +179,7 @@ class Redactor:
 
     def redacted(self, text: str) -> bool:
         """Whether ``text`` (as this redactor returned it) had something replaced."""
-        labels = ([self.label(CARD)] if self.cards else []) + [self.label(n) for n, _ in self.patterns]
-        return any(label in text for label in labels)
+        return any(label in text for label in self._labels)
 
     def leg(self) -> "LegRedactor":
         return LegRedactor(self)

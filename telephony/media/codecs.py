@@ -56,6 +56,8 @@ class Codec:
     channels: int = 1  # as written in a=rtpmap (opus/48000/2)
     fmtp: str | None = None  # what our SDP answer says for it
     audio: bool = True  # telephone-event and CN carry no audio
+    bits: int = 8  # payload bits per sample at ``rate`` (G.711 8, G.722 4 at 16 kHz, L16 16); Opus: variable
+    any_rate: bool = False  # defined at whatever rate a=rtpmap gives (L16, telephone-event, CN)
 
     def decoder(self) -> "Decoder":
         """A new stateful decoder (one per leg and stream)."""
@@ -86,9 +88,7 @@ class Codec:
             return 0
         if self.name == "opus":
             return opus_samples(payload, self.rate)
-        if self.name == "L16":
-            return len(payload) // 2
-        return len(payload) * self.rate // self.clock_rate  # G.722: 2 samples per byte; G.711: 1
+        return len(payload) * 8 // self.bits
 
 
 CODECS: dict[str, Codec] = {
@@ -96,14 +96,14 @@ CODECS: dict[str, Codec] = {
     for c in (
         Codec("PCMU", 8000, 8000, 0),
         Codec("PCMA", 8000, 8000, 8),
-        Codec("G722", 8000, 16000, 9),
+        Codec("G722", 8000, 16000, 9, bits=4),
         # maxplaybackrate: we listen at 16 kHz, so a sender need not spend bits above 8 kHz;
         # useinbandfec: we decode its FEC (conceal with the next packet).
         Codec("opus", 48000, 16000, None, channels=2, fmtp="maxplaybackrate=16000;stereo=0;useinbandfec=1"),
         # Linear PCM, big-endian (RFC 3551 4.5.11), at any rate: what Asterisk sends for slin/slin16.
-        Codec("L16", 16000, 16000, None),
-        Codec("telephone-event", 8000, 8000, None, fmtp="0-16", audio=False),
-        Codec("CN", 8000, 8000, 13, audio=False),
+        Codec("L16", 16000, 16000, None, bits=16, any_rate=True),
+        Codec("telephone-event", 8000, 8000, None, fmtp="0-16", audio=False, any_rate=True),
+        Codec("CN", 8000, 8000, 13, audio=False, any_rate=True),
     )
 }
 
@@ -112,14 +112,13 @@ def lookup(name: str, clock_rate: int | None = None) -> Codec | None:
     """The codec an a=rtpmap names (case-insensitive), or None if we do not take it.
 
     Audio codecs must have their registered clock rate (G722/16000 is a peer's mistake
-    and not G.722 as sent). telephone-event and CN are taken at any rate (WebRTC offers
-    telephone-event/48000): the returned entry carries the offered rate.
+    and not G.722 as sent). Codecs with ``any_rate`` (L16, telephone-event, CN) are taken at
+    any rate (WebRTC offers telephone-event/48000): the returned entry carries the offered rate.
     """
     codec = CODECS.get(name.upper())
     if codec is None or clock_rate is None or clock_rate == codec.clock_rate:
         return codec
-    rate_free = not codec.audio or codec.name == "L16"
-    return replace(codec, clock_rate=clock_rate, rate=clock_rate) if rate_free and clock_rate > 0 else None
+    return replace(codec, clock_rate=clock_rate, rate=clock_rate) if codec.any_rate and clock_rate > 0 else None
 
 
 def static(pt: int) -> Codec | None:
