@@ -80,7 +80,7 @@ async def test_externalmedia_ulaw_and_slin16_legs_of_one_call(tmp_path, fresh_da
     assert (c["codec"], c["sample_rate"], a["codec"], a["sample_rate"]) == ("PCMU", 8000, "L16", 16000)
     assert c["packets_received"] == sent[0] and a["packets_received"] == sent[1]
     assert c["packets_foreign"] == 5 and a["packets_foreign"] == 0  # the stranger's packets never reached the leg
-    assert c["packets_lost"] == 0 and a["packets_lost"] == 0
+    assert c["packets_lost"] <= sent[0] // 50 and a["packets_lost"] <= sent[1] // 50  # a stalled loop may lose a late one
     # The leg's timeline is the call's: from the request that opened it to the DELETE.
     assert len(agent) * 1000 // 16000 <= a["duration_ms"] <= len(agent) * 1000 // 16000 + 2000, a["duration_ms"]
     assert wer([prompt_text(CALLER)], [said(got, "caller")]) <= 0.25, said(got, "caller")
